@@ -1,0 +1,256 @@
+//! `shalefs mount`: check the arguments into a [`MountPlan`], then mount — in the foreground, or
+//! (by default) in a background daemon, returning only once the mount is live.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::fuse::ShaleFs;
+use crate::fuse::session::{self, MountFlags, SessionOptions};
+use crate::sys;
+use crate::union::Union;
+use crate::union::layer::{Formats, Layer, LayerStack, Role};
+
+use super::{logging, mount_opts};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// A read-only layer directory; repeat for more, top layer first
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
+    /// The writable upper directory (needs --work on the same filesystem)
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// An empty work directory on the upper's filesystem
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+    /// overlayfs-style options: lowerdir=A:B:C,upperdir=U,workdir=W,ro,nodev,...
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Stay in the foreground instead of serving from a background daemon
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// error, warn, info, debug or trace
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+    /// Where the daemon logs (default: syslog; stderr with --foreground)
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Worker threads serving requests
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// The empty directory to mount on
+    pub mountpoint: PathBuf,
+}
+
+/// A checked mount: every path exists and has the right kind; nothing later sees raw flags.
+#[derive(Debug)]
+pub struct MountPlan {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<UpperPlan>,
+    pub mountpoint: PathBuf,
+    pub fsname: String,
+    pub flags: MountFlags,
+    pub threads: usize,
+}
+
+#[derive(Debug)]
+pub struct UpperPlan {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// Set by the parent in the daemon it starts: report readiness on stdout, then let go of it.
+const DAEMON_ENV: &str = "SHALEFS_DAEMON_NOTIFY";
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let is_daemon_child = std::env::var_os(DAEMON_ENV).is_some();
+    if !args.foreground && !is_daemon_child {
+        // Check in the caller's process first, so that a mistake is reported at once.
+        plan(&args)?;
+        return spawn_daemon();
+    }
+    logging::init(&args.log_level, args.log_file.as_deref(), is_daemon_child)?;
+    if is_daemon_child {
+        let _ = sys::setsid();
+    }
+    let result = plan(&args).and_then(|p| mount_and_serve(p, is_daemon_child));
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+        if is_daemon_child {
+            report_to_parent(&format!("error: {e:#}"));
+        }
+    }
+    result
+}
+
+fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
+    let (opts, ignored) = mount_opts::parse(&args.options)?;
+    for o in ignored {
+        tracing::debug!("ignoring mount option {o}: shalefs has no use for it");
+    }
+    let mut lowers = args.lowers.clone();
+    lowers.extend(opts.lowers);
+    if lowers.is_empty() {
+        anyhow::bail!("no lower layer: give --lower DIR or -o lowerdir=DIR[:DIR...]");
+    }
+    let upper = args.upper.clone().or(opts.upper);
+    let work = args.work.clone().or(opts.work);
+    let upper = match (upper, work) {
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("an upper directory needs a work directory (--work or workdir=)"),
+        (None, Some(_)) => anyhow::bail!("a work directory was given without an upper directory"),
+        (Some(upper), Some(work)) => Some(check_upper(&upper, &work)?),
+    };
+    for lower in &lowers {
+        check_dir("lower layer", lower)?;
+    }
+    check_mountpoint(&args.mountpoint)?;
+    sys::check_dev_fuse().map_err(|e| anyhow::anyhow!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
+    let mut flags = opts.flags;
+    if upper.is_none() {
+        flags.read_only = true;
+    }
+    Ok(MountPlan {
+        lowers,
+        upper,
+        mountpoint: args.mountpoint.clone(),
+        fsname: opts.fsname.unwrap_or_else(|| "shalefs".into()),
+        flags,
+        threads: args.threads.unwrap_or_else(session::default_threads),
+    })
+}
+
+fn check_dir(what: &str, path: &Path) -> anyhow::Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{what} {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{what} {}: not a directory", path.display());
+    }
+    Ok(meta)
+}
+
+fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+    check_dir("mountpoint", path)?;
+    let mut entries = std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("mountpoint {}: {e}", path.display()))?;
+    if entries.next().is_some() {
+        anyhow::bail!("mountpoint {}: not an empty directory", path.display());
+    }
+    Ok(())
+}
+
+/// The upper and work directories must be on one filesystem (copy-up renames from one to the
+/// other), neither inside the other, and the filesystem must hold whiteouts.
+fn check_upper(upper: &Path, work: &Path) -> anyhow::Result<UpperPlan> {
+    use std::os::unix::fs::MetadataExt;
+    let u = check_dir("upper directory", upper)?;
+    let w = check_dir("work directory", work)?;
+    if u.dev() != w.dev() {
+        anyhow::bail!("upper {} and work {} are on different filesystems", upper.display(), work.display());
+    }
+    let (cu, cw) = (upper.canonicalize()?, work.canonicalize()?);
+    if cu.starts_with(&cw) || cw.starts_with(&cu) {
+        anyhow::bail!("upper {} and work {} must not contain each other", upper.display(), work.display());
+    }
+    Ok(UpperPlan { upper: upper.to_path_buf(), work: work.to_path_buf() })
+}
+
+/// Which xattr namespace the upper can hold the overlay format in: `trusted.` when privileged,
+/// else `user.` (as overlayfs' `userxattr`); an error when neither works.
+fn probe_upper_format(work: &Path) -> anyhow::Result<Formats> {
+    let dir = sys::open_dir(work).map_err(|e| anyhow::anyhow!("work directory {}: {e}", work.display()))?;
+    use std::os::fd::AsFd;
+    let probe = c"shalefs-probe";
+    let _ = sys::unlinkat(dir.as_fd(), probe, 0);
+    sys::mknodat(dir.as_fd(), probe, libc::S_IFREG | 0o600, 0)
+        .map_err(|e| anyhow::anyhow!("work directory {}: cannot create files: {e}", work.display()))?;
+    let path = sys::fd_relative_path(dir.as_fd(), probe.to_bytes())?;
+    let trusted = sys::lsetxattr(&path, c"trusted.overlay.shalefs-probe", b"y");
+    let user = trusted.is_err().then(|| sys::lsetxattr(&path, c"user.overlay.shalefs-probe", b"y"));
+    let _ = sys::unlinkat(dir.as_fd(), probe, 0);
+    match (trusted, user) {
+        (Ok(()), _) => Ok(Formats::UPPER_TRUSTED),
+        (Err(_), Some(Ok(()))) => {
+            tracing::warn!("no privilege for trusted.* xattrs on {}: the upper uses user.overlay.* (as overlayfs' userxattr)", work.display());
+            Ok(Formats::UPPER_USER)
+        }
+        (Err(e), _) => anyhow::bail!(
+            "upper filesystem of {} cannot hold whiteouts and opaque directories: setting an xattr failed: {e}",
+            work.display()
+        ),
+    }
+}
+
+fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
+    let upper = match &plan.upper {
+        Some(u) => Some(Layer::open(&u.upper, Role::Upper, probe_upper_format(&u.work)?)?),
+        None => None,
+    };
+    let lowers = plan.lowers.iter().map(|p| Layer::open(p, Role::Lower, Formats::LOWER)).collect::<anyhow::Result<Vec<_>>>()?;
+    let stack = LayerStack::new(upper, lowers)?;
+    Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))
+}
+
+/// How long the kernel may cache what we tell it. Without an upper nothing can change: cache for
+/// a day. With one, every change goes through this daemon, which answers with fresh attributes.
+fn cache_ttl(plan: &MountPlan) -> std::time::Duration {
+    if plan.upper.is_none() { std::time::Duration::from_secs(86400) } else { std::time::Duration::from_secs(1) }
+}
+
+fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()> {
+    let union = build_union(&plan)?;
+    let fs = ShaleFs::new(union, cache_ttl(&plan));
+    let opts = SessionOptions {
+        mountpoint: plan.mountpoint.clone(),
+        fsname: plan.fsname.clone(),
+        threads: plan.threads,
+        flags: plan.flags.clone(),
+    };
+    let session = session::mount(fs, &opts)?;
+    tracing::info!(
+        lowers = plan.lowers.len(),
+        upper = plan.upper.is_some(),
+        "mounted on {}",
+        plan.mountpoint.display()
+    );
+    if is_daemon_child {
+        report_to_parent("ready");
+        let _ = sys::redirect_to_dev_null(1);
+    }
+    session::serve(session, &plan.mountpoint)
+}
+
+fn report_to_parent(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Start this same command as a daemon (stdin and stderr on /dev/null, stdout a pipe to us) and
+/// wait until it says the mount is live, or why it is not.
+fn spawn_daemon() -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the shalefs executable")?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the mount daemon")?;
+    let stdout = child.stdout.take().context("no pipe to the mount daemon")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).context("reading from the mount daemon")?;
+    match line.trim_end() {
+        "ready" => Ok(()),
+        msg => {
+            let status = child.wait().context("waiting for the mount daemon")?;
+            match msg.strip_prefix("error: ") {
+                Some(reason) => anyhow::bail!("{reason}"),
+                None => anyhow::bail!("the mount daemon exited ({status}) before the mount was live"),
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The overlayfs spelling of a mount: `-o lowerdir=A:B:C,upperdir=U,workdir=W,...`, as
+//! `mount -t overlay` and fuse-overlayfs take it, so container tools can call shalefs as their
+//! mount program.
+
+use std::path::PathBuf;
+
+use crate::fuse::session::MountFlags;
+
+/// What the `-o` strings asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OverlayOptions {
+    /// Lowers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub fsname: Option<String>,
+    pub flags: MountFlags,
+}
+
+/// Split on `sep`, where a backslash escapes the next character (overlayfs allows `\,` and `\:`
+/// in layer paths).
+fn split_escaped(s: &str, sep: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    parts.last_mut().map(|p| p.push(next));
+                }
+            }
+            c if c == sep => parts.push(String::new()),
+            c => {
+                parts.last_mut().map(|p| p.push(c));
+            }
+        }
+    }
+    parts
+}
+
+/// Split an option list on unescaped commas, keeping escapes for the value parser.
+fn split_options(s: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut escaped = false;
+    for c in s.chars() {
+        let cur = parts.last_mut();
+        match (escaped, c) {
+            (true, c) => {
+                cur.map(|p| p.push(c));
+                escaped = false;
+            }
+            (false, '\\') => {
+                cur.map(|p| p.push('\\'));
+                escaped = true;
+            }
+            (false, ',') => parts.push(String::new()),
+            (false, c) => {
+                cur.map(|p| p.push(c));
+            }
+        }
+    }
+    parts.into_iter().filter(|p| !p.is_empty()).collect()
+}
+
+fn one_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
+    let parts = split_escaped(value, '\u{0}');
+    match parts.as_slice() {
+        [p] if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => anyhow::bail!("-o {key}= needs a directory"),
+    }
+}
+
+/// Options kernel overlayfs or fuse-overlayfs accept that shalefs has no use for: accepted so an
+/// existing command line works, and said in the log.
+const IGNORED: &[&str] = &[
+    "index", "redirect_dir", "metacopy", "xino", "nfs_export", "uuid", "verity", "userxattr", "volatile",
+    "default_permissions", "allow_other", "allow_root", "fsync", "noacl", "squash_to_root", "squash_to_uid",
+    "squash_to_gid", "static_nlink", "threaded", "context", "fscontext", "defcontext", "rootcontext", "dev",
+    "suid", "exec", "atime", "relatime", "strictatime", "sync", "async", "rw",
+];
+
+pub fn parse(option_strings: &[String]) -> anyhow::Result<(OverlayOptions, Vec<String>)> {
+    let mut out = OverlayOptions::default();
+    let mut ignored = Vec::new();
+    for opt in option_strings.iter().flat_map(|s| split_options(s)) {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (opt.clone(), None),
+        };
+        match (key.as_str(), value.as_deref()) {
+            ("lowerdir", Some(v)) => {
+                out.lowers = split_escaped(v, ':').into_iter().filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+                if out.lowers.is_empty() {
+                    anyhow::bail!("-o lowerdir= names no directory");
+                }
+            }
+            // Linux 6.8's form: one lower per option, appended below those given so far.
+            ("lowerdir+", Some(v)) => out.lowers.push(one_path("lowerdir+", v)?),
+            ("upperdir", Some(v)) => out.upper = Some(one_path("upperdir", v)?),
+            ("workdir", Some(v)) => out.work = Some(one_path("workdir", v)?),
+            ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
+            ("ro", None) => out.flags.read_only = true,
+            ("nodev", None) => out.flags.nodev = true,
+            ("nosuid", None) => out.flags.nosuid = true,
+            ("noexec", None) => out.flags.noexec = true,
+            ("noatime", None) => out.flags.noatime = true,
+            (k, _) if IGNORED.contains(&k) => ignored.push(opt.clone()),
+            (k, Some(_)) => anyhow::bail!("unknown mount option {k:?} in {opt:?}"),
+            (k, None) => anyhow::bail!("unknown mount option {k:?}"),
+        }
+    }
+    Ok((out, ignored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> OverlayOptions {
+        parse(&[s.to_string()]).unwrap().0
+    }
+
+    #[test]
+    fn overlay_spelling() {
+        let o = p("lowerdir=/a:/b:/c,upperdir=/u,workdir=/w");
+        assert_eq!(o.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b"), PathBuf::from("/c")]);
+        assert_eq!(o.upper, Some(PathBuf::from("/u")));
+        assert_eq!(o.work, Some(PathBuf::from("/w")));
+    }
+
+    #[test]
+    fn escapes_in_paths() {
+        let o = p(r"lowerdir=/a\:b:/c\,d");
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), PathBuf::from("/c,d")]);
+    }
+
+    #[test]
+    fn lowerdir_plus_appends() {
+        let o = parse(&["lowerdir+=/a,lowerdir+=/b".into()]).unwrap().0;
+        assert_eq!(o.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+    }
+
+    #[test]
+    fn flags_and_ignored() {
+        let (o, ignored) = parse(&["lowerdir=/a,ro,nodev,index=on,redirect_dir=on".into()]).unwrap();
+        assert!(o.flags.read_only && o.flags.nodev);
+        assert_eq!(ignored, vec!["index=on".to_string(), "redirect_dir=on".to_string()]);
+    }
+
+    #[test]
+    fn unknown_is_an_error() {
+        assert!(parse(&["lowerdir=/a,bogus=1".into()]).is_err());
+        assert!(parse(&["lowerdir=".into()]).is_err());
+    }
+}

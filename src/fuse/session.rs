@@ -1,0 +1,103 @@
+//! Setting up and running a FUSE session: mount options, worker threads, and a clean unmount on
+//! SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use fuser::{Config, MountOption, Session, SessionACL};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+
+use super::ShaleFs;
+use crate::sys;
+
+/// Mount flags a user may ask for with `-o`, as for any mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub mountpoint: PathBuf,
+    pub fsname: String,
+    pub threads: usize,
+    pub flags: MountFlags,
+}
+
+/// Default worker threads: enough that a slow request (a large read) does not stall the rest.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8) * 2
+}
+
+fn mount_options(opts: &SessionOptions) -> (Vec<MountOption>, SessionACL) {
+    let mut o = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("shalefs".into()),
+        // The kernel checks permissions from the attributes we report, as on any local
+        // filesystem; we need not repeat the check.
+        MountOption::DefaultPermissions,
+    ];
+    let f = &opts.flags;
+    o.push(if f.read_only { MountOption::RO } else { MountOption::RW });
+    o.push(if f.noexec { MountOption::NoExec } else { MountOption::Exec });
+    if f.noatime {
+        o.push(MountOption::NoAtime);
+    }
+    // Mounted by root, the tree behaves like a root filesystem: every user may use it, set-uid
+    // bits and device nodes work (so `chroot` into an image rootfs does).
+    let acl = if sys::geteuid() == 0 {
+        o.push(if f.nodev { MountOption::NoDev } else { MountOption::Dev });
+        o.push(if f.nosuid { MountOption::NoSuid } else { MountOption::Suid });
+        SessionACL::All
+    } else {
+        o.push(MountOption::NoDev);
+        o.push(MountOption::NoSuid);
+        SessionACL::Owner
+    };
+    (o, acl)
+}
+
+/// Mount `fs` and complete the FUSE handshake: when this returns, the mount is live.
+pub fn mount(fs: ShaleFs, opts: &SessionOptions) -> anyhow::Result<Session<ShaleFs>> {
+    let (mount_options, acl) = mount_options(opts);
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = acl;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    Session::new(fs, &opts.mountpoint, &config).with_context(|| format!("mounting on {}", opts.mountpoint.display()))
+}
+
+/// Serve requests until the filesystem is unmounted: by `umount`, `shalefs umount`, or a
+/// SIGTERM/SIGINT to this process, which unmounts (lazily if the mount is busy) and so ends the
+/// session cleanly.
+pub fn serve(mut session: Session<ShaleFs>, mountpoint: &Path) -> anyhow::Result<()> {
+    let mut unmounter = session.unmount_callable();
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let handle = signals.handle();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!(signal = sig, "unmounting {} on signal", mp.display());
+                if let Err(e) = unmounter.unmount() {
+                    warn!("unmount of {} failed ({e}); detaching it lazily", mp.display());
+                    if let Err(e) = sys::umount(&mp, true) {
+                        warn!("lazy unmount of {} failed: {e}", mp.display());
+                    }
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    let result = session.run().with_context(|| format!("serving {}", mountpoint.display()));
+    handle.close();
+    info!("{} unmounted", mountpoint.display());
+    result
+}

@@ -1,0 +1,293 @@
+//! The few raw system calls shalefs needs, each wrapped so the rest of the crate never touches
+//! `unsafe` or a raw errno. Everything here returns [`Errno`], the errno the kernel gave, so the
+//! union layer can hand the exact error back to the caller of the filesystem.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// A raw, positive errno value as the kernel returned it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
+
+    /// The errno of the last failed libc call on this thread.
+    pub fn last() -> Errno {
+        Errno::from(io::Error::last_os_error())
+    }
+}
+
+impl From<io::Error> for Errno {
+    /// An `io::Error` without an OS code has no honest errno; EIO is what the kernel would say.
+    fn from(e: io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<Errno> for io::Error {
+    fn from(e: Errno) -> io::Error {
+        io::Error::from_raw_os_error(e.0)
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for Errno {}
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret as usize) }
+}
+
+/// A path as a C string; a NUL byte inside is EINVAL, as the kernel would say.
+pub fn cstring(bytes: &[u8]) -> SysResult<CString> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+pub fn path_cstring(path: &Path) -> SysResult<CString> {
+    cstring(path.as_os_str().as_bytes())
+}
+
+/// Open a directory that will serve as a layer root.
+pub fn open_dir(path: &Path) -> SysResult<OwnedFd> {
+    let c = path_cstring(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open(2) and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// lstat relative to a directory fd: never follows a symlink in the last component.
+pub fn fstatat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct stat`; `rel` is NUL-terminated.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), rel.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct stat`.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Open `rel` below `dir` without ever leaving it: no `..` above `dir`, no symlink anywhere on
+/// the way (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS). This is what keeps the daemon
+/// from being steered outside a layer by a symlink planted in an image.
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `how` is a valid open_how of the size we pass; `rel` is NUL-terminated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: openat2 returned a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; `rel` is NUL-terminated.
+    let n = check_size(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), rel.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The path through which a file below a directory fd can be named to path-only system calls
+/// (the xattr family has no `*at` form before Linux 6.13).
+pub fn fd_relative_path(dir: BorrowedFd<'_>, rel: &[u8]) -> SysResult<CString> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(rel);
+    cstring(&p)
+}
+
+/// Read one xattr of a file without following a final symlink.
+pub fn lgetxattr(path: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
+    loop {
+        // SAFETY: a null buffer with size 0 asks only for the size.
+        let size = check_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` is writable for `size` bytes.
+        match check_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // The value grew between the two calls: ask again.
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// List the xattr names of a file (NUL-separated) without following a final symlink.
+pub fn llistxattr(path: &CStr) -> SysResult<Vec<u8>> {
+    loop {
+        // SAFETY: a null buffer with size 0 asks only for the size.
+        let size = check_size(unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` is writable for `size` bytes.
+        match check_size(unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> SysResult<()> {
+    // SAFETY: `value` is readable for its length; both strings are NUL-terminated.
+    check(unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })?;
+    Ok(())
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, rel: &CStr, mode: libc::mode_t, dev: libc::dev_t) -> SysResult<()> {
+    // SAFETY: `rel` is NUL-terminated.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), rel.as_ptr(), mode, dev) })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<()> {
+    // SAFETY: `rel` is NUL-terminated.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), rel.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, rel: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: `rel` is NUL-terminated.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), rel.as_ptr(), mode) })?;
+    Ok(())
+}
+
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct statvfs`.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Detach a mount from the tree (umount2). `lazy` uses MNT_DETACH, for a mount still busy.
+pub fn umount(path: &Path, lazy: bool) -> SysResult<()> {
+    let c = path_cstring(path)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is NUL-terminated.
+    check(unsafe { libc::umount2(c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// Start a new session so the daemon is not killed with the caller's terminal.
+pub fn setsid() -> SysResult<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    check(unsafe { libc::setsid() })?;
+    Ok(())
+}
+
+/// Point fd `target` (0, 1 or 2) at /dev/null: the daemon lets go of the caller's terminal.
+pub fn redirect_to_dev_null(target: RawFd) -> SysResult<()> {
+    let null = open_rw(c"/dev/null")?;
+    // SAFETY: both fds are valid; dup2 atomically replaces `target`.
+    check(unsafe { libc::dup2(null.as_raw_fd(), target) })?;
+    Ok(())
+}
+
+fn open_rw(path: &CStr) -> SysResult<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated; the returned fd is owned by us.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether /dev/fuse can be opened for reading and writing, as a mount needs.
+pub fn check_dev_fuse() -> SysResult<()> {
+    open_rw(c"/dev/fuse").map(drop)
+}
+
+/// The process umask, read without changing it for longer than the call.
+pub fn umask_value() -> u32 {
+    // SAFETY: umask has no memory-safety preconditions; we restore the old value at once.
+    unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old
+    }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Write one line to syslog (LOG_DAEMON facility), the daemon's log when no file is given.
+pub fn syslog(priority: libc::c_int, line: &[u8]) {
+    let Ok(msg) = CString::new(line.iter().copied().filter(|&b| b != 0).collect::<Vec<u8>>()) else {
+        return;
+    };
+    // SAFETY: the format string and `msg` are valid NUL-terminated strings.
+    unsafe { libc::syslog(libc::LOG_DAEMON | priority, c"%s".as_ptr(), msg.as_ptr()) }
+}
+
+pub fn os_str(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}

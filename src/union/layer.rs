@@ -1,0 +1,238 @@
+//! One layer directory and the stack of them (overlayfs' super.c/params.c): which layers there
+//! are, in what order, and which whiteout encodings each is read in.
+//!
+//! Objects inside a layer are named by a path relative to the layer root and reached through the
+//! root's fd (`fstatat`, `openat2(RESOLVE_BENEATH)`), so nothing outside the layer is reachable.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::sys::{self, Errno, SysResult};
+
+use super::whiteout::{self, DirMarks};
+
+/// Whether a layer is the writable upper or one of the read-only lowers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Upper,
+    Lower,
+}
+
+/// Which encodings of whiteouts and opaque directories are honoured in a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    /// `.wh.NAME` files and `.wh..wh..opq` markers.
+    pub oci: bool,
+    /// `trusted.overlay.*` xattrs.
+    pub trusted_xattrs: bool,
+    /// `user.overlay.*` xattrs (overlayfs' `userxattr`).
+    pub user_xattrs: bool,
+}
+
+impl Formats {
+    /// Lowers come from anywhere (image unpackers, podman's storage, another overlay's upper):
+    /// every encoding is read.
+    pub const LOWER: Formats = Formats { oci: true, trusted_xattrs: true, user_xattrs: true };
+    /// The upper is written by shalefs alone, in overlayfs format; only that is interpreted, so
+    /// a user may create a file called `.wh.foo` there, as on kernel overlayfs.
+    pub const UPPER_TRUSTED: Formats = Formats { oci: false, trusted_xattrs: true, user_xattrs: false };
+    pub const UPPER_USER: Formats = Formats { oci: false, trusted_xattrs: false, user_xattrs: true };
+}
+
+#[derive(Debug)]
+pub struct Layer {
+    pub path: PathBuf,
+    pub root: OwnedFd,
+    pub dev: u64,
+    pub role: Role,
+    pub formats: Formats,
+}
+
+impl Layer {
+    /// Open a layer directory; a symlink to the directory is followed once, here, and never again.
+    pub fn open(path: &Path, role: Role, formats: Formats) -> anyhow::Result<Layer> {
+        let kind = if role == Role::Upper { "upper directory" } else { "lower layer" };
+        let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        if !meta.is_dir() {
+            anyhow::bail!("{kind} {}: not a directory", path.display());
+        }
+        let root = sys::open_dir(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        let st = sys::fstat(root.as_fd()).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        Ok(Layer { path: path.to_path_buf(), root, dev: st.st_dev, role, formats })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    pub fn stat(&self, rel: &CStr) -> SysResult<libc::stat> {
+        sys::fstatat(self.fd(), rel)
+    }
+
+    /// Whether an entry that exists is a whiteout in this layer's encodings.
+    /// `dir_marks` are the marks of the directory holding it.
+    pub fn is_whiteout(&self, rel: &CStr, st: &libc::stat, dir_marks: DirMarks) -> bool {
+        if whiteout::is_whiteout_device(st.st_mode, st.st_rdev) {
+            return true;
+        }
+        dir_marks.xattr_whiteouts
+            && whiteout::may_be_xattr_whiteout(st.st_mode, st.st_size)
+            && self.overlay_xattr(rel, b"whiteout").is_some()
+    }
+
+    /// Read `overlay.<suffix>` in the namespaces this layer honours (trusted first).
+    pub fn overlay_xattr(&self, rel: &CStr, suffix: &[u8]) -> Option<Vec<u8>> {
+        let path = sys::fd_relative_path(self.fd(), rel.to_bytes()).ok()?;
+        let prefixes = [
+            (self.formats.trusted_xattrs, whiteout::TRUSTED_PREFIX),
+            (self.formats.user_xattrs, whiteout::USER_PREFIX),
+        ];
+        for (enabled, prefix) in prefixes {
+            if !enabled {
+                continue;
+            }
+            let Ok(name) = sys::cstring(&[prefix, suffix].concat()) else { continue };
+            if let Ok(v) = sys::lgetxattr(&path, &name) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The opaque / xattr-whiteout marks of a directory in this layer.
+    pub fn dir_marks(&self, dir_rel: &[u8]) -> DirMarks {
+        let Ok(c) = sys::cstring(dir_rel) else { return DirMarks::default() };
+        let mut marks = self
+            .overlay_xattr(&c, b"opaque")
+            .map(|v| whiteout::parse_opaque_value(&v))
+            .unwrap_or_default();
+        if self.formats.oci && !marks.opaque {
+            let marker = join(dir_rel, whiteout::OCI_OPAQUE_MARKER);
+            marks.opaque = sys::cstring(&marker).is_ok_and(|m| self.stat(&m).is_ok());
+        }
+        marks
+    }
+
+    /// Whether an OCI whiteout `.wh.NAME` for `name` sits in directory `dir_rel` of this layer.
+    pub fn has_oci_whiteout(&self, dir_rel: &[u8], name: &[u8]) -> bool {
+        if !self.formats.oci {
+            return false;
+        }
+        let wh = join(dir_rel, &whiteout::oci_whiteout_name(name));
+        sys::cstring(&wh).is_ok_and(|c| self.stat(&c).is_ok())
+    }
+
+    /// The raw entries of a directory of this layer: name, d_type as S_IFMT bits (0 if the
+    /// filesystem does not say), d_ino.
+    pub fn read_dir(&self, dir_rel: &[u8]) -> SysResult<Vec<(Vec<u8>, u32, u64)>> {
+        use std::os::unix::fs::DirEntryExt;
+        let path = sys::fd_relative_path(self.fd(), dir_rel)?;
+        let path = Path::new(sys::os_str(path.as_bytes()));
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let mode = match entry.file_type() {
+                Ok(t) => file_type_bits(t),
+                Err(_) => 0,
+            };
+            out.push((entry.file_name().as_bytes().to_vec(), mode, entry.ino()));
+        }
+        Ok(out)
+    }
+}
+
+fn file_type_bits(t: std::fs::FileType) -> u32 {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        libc::S_IFDIR
+    } else if t.is_file() {
+        libc::S_IFREG
+    } else if t.is_symlink() {
+        libc::S_IFLNK
+    } else if t.is_char_device() {
+        libc::S_IFCHR
+    } else if t.is_block_device() {
+        libc::S_IFBLK
+    } else if t.is_fifo() {
+        libc::S_IFIFO
+    } else if t.is_socket() {
+        libc::S_IFSOCK
+    } else {
+        0
+    }
+}
+
+/// `dir/name` for paths relative to a layer root, where the root itself is `.`.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir == b"." {
+        return name.to_vec();
+    }
+    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
+    v.extend_from_slice(dir);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+pub fn join_c(dir: &CStr, name: &[u8]) -> SysResult<CString> {
+    sys::cstring(&join(dir.to_bytes(), name))
+}
+
+/// The layers of one mount, top first: the upper (if any) at index 0, then the lowers from top
+/// to bottom.
+#[derive(Debug)]
+pub struct LayerStack {
+    layers: Vec<Layer>,
+}
+
+impl LayerStack {
+    pub fn new(upper: Option<Layer>, lowers: Vec<Layer>) -> anyhow::Result<LayerStack> {
+        if lowers.is_empty() && upper.is_none() {
+            anyhow::bail!("no layers: give at least one lower layer");
+        }
+        let mut layers: Vec<Layer> = upper.into_iter().collect();
+        layers.extend(lowers);
+        if layers.len() > u16::MAX as usize {
+            anyhow::bail!("too many layers: {} (at most {})", layers.len(), u16::MAX);
+        }
+        Ok(LayerStack { layers })
+    }
+
+    pub fn get(&self, index: u16) -> SysResult<&Layer> {
+        self.layers.get(index as usize).ok_or(Errno::EIO)
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Layer> {
+        self.layers.iter()
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        self.layers.first().filter(|l| l.role == Role::Upper)
+    }
+
+    /// The layer whose filesystem statfs reports: the upper, else the top lower (as overlayfs).
+    pub fn statfs_layer(&self) -> &Layer {
+        &self.layers[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_handles_root() {
+        assert_eq!(join(b".", b"etc"), b"etc");
+        assert_eq!(join(b"etc", b"passwd"), b"etc/passwd");
+    }
+}

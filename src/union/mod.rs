@@ -1,0 +1,99 @@
+//! The overlay rules on plain directories: no FUSE types here. Every operation takes inode
+//! numbers, names and handles, and returns a `Result` carrying the errno the caller should see.
+//!
+//! The split follows kernel overlayfs' `fs/overlayfs/`:
+//! - [`layer`]: the layer stack (super.c/params.c)
+//! - [`whiteout`]: whiteout and opaque encodings, as pure functions
+//! - [`lookup`]: finding a name across layers (namei.c)
+//! - [`readdir`]: merged directory listings (readdir.c)
+//! - [`attr`]: attributes (inode.c)
+//! - [`xattr`]: extended attributes, with the overlay's own hidden
+//! - [`file`]: open files and reads (file.c)
+//! - [`ino`]: inode numbers that are unique across filesystems (xino)
+//! - [`node`]: the node and handle tables
+
+pub mod attr;
+pub mod file;
+pub mod ino;
+pub mod layer;
+pub mod lookup;
+pub mod node;
+pub mod readdir;
+pub mod whiteout;
+pub mod xattr;
+
+use std::sync::Arc;
+
+pub use crate::sys::{Errno, SysResult};
+
+use file::OpenFile;
+use ino::{InoMap, ROOT_INO};
+use layer::LayerStack;
+use lookup::Found;
+use node::{HandleTable, Node, NodeTable};
+use readdir::OpenDir;
+
+/// One mounted union: its layers, and the objects the kernel currently holds.
+#[derive(Debug)]
+pub struct Union {
+    stack: LayerStack,
+    inos: InoMap,
+    nodes: NodeTable,
+    files: HandleTable<OpenFile>,
+    dirs: HandleTable<OpenDir>,
+}
+
+impl Union {
+    pub fn new(stack: LayerStack) -> SysResult<Union> {
+        let inos = InoMap::new(stack.iter().map(|l| l.dev));
+        let union = Union {
+            stack,
+            inos,
+            nodes: NodeTable::default(),
+            files: HandleTable::default(),
+            dirs: HandleTable::default(),
+        };
+        let branches = union.root_branches()?;
+        union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, branches));
+        Ok(union)
+    }
+
+    pub fn stack(&self) -> &LayerStack {
+        &self.stack
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.stack.upper().is_none()
+    }
+
+    pub fn node(&self, ino: u64) -> SysResult<Arc<Node>> {
+        self.nodes.get(ino)
+    }
+
+    /// Look `name` up in directory `parent` and hand the result to the kernel (one more lookup
+    /// reference). ENOENT when the merged view has no such name.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> SysResult<libc::stat> {
+        let dir = self.nodes.get(parent)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let found = self.find(&dir.branches(), name)?.ok_or(Errno::ENOENT)?;
+        self.remember(parent, &found);
+        Ok(found.stat)
+    }
+
+    /// Register an object found by lookup or readdirplus: the kernel now holds one more
+    /// reference to its inode number.
+    pub fn remember(&self, parent: u64, found: &Found) {
+        self.nodes.remember(Node::new(found.ino, found.kind, parent, found.branches.clone()));
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.forget(ino, n);
+    }
+
+    /// How many objects the kernel holds: for tests and for the daemon's own accounting.
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+}

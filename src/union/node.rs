@@ -1,0 +1,178 @@
+//! Merged-view objects and the tables that hold them: nodes by inode number (with the kernel's
+//! lookup counts), open files and open directories by handle.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::sys::{Errno, SysResult};
+
+/// Where an object of the merged view lives in one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch {
+    pub layer: u16,
+    /// Path relative to the layer root; `.` for the root.
+    pub path: CString,
+    /// For a directory: it may hold xattr-form whiteouts (`overlay.opaque=x`).
+    pub xattr_whiteouts: bool,
+}
+
+/// One object of the merged view. A directory has a branch in every layer it is merged from,
+/// top first; any other object has exactly one, the topmost.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    /// S_IFMT bits; an object never changes type under one inode number.
+    pub kind: u32,
+    pub parent: AtomicU64,
+    branches: RwLock<Vec<Branch>>,
+    lookups: AtomicU64,
+}
+
+impl Node {
+    pub fn new(ino: u64, kind: u32, parent: u64, branches: Vec<Branch>) -> Node {
+        Node {
+            ino,
+            kind,
+            parent: AtomicU64::new(parent),
+            branches: RwLock::new(branches),
+            lookups: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn branches(&self) -> Vec<Branch> {
+        self.branches.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The topmost branch: where attributes, data and xattrs come from.
+    pub fn top(&self) -> SysResult<Branch> {
+        self.branches.read().unwrap_or_else(|p| p.into_inner()).first().cloned().ok_or(Errno::EIO)
+    }
+
+    /// A directory is "merged" when more than one layer contributes to it.
+    pub fn is_merged_dir(&self) -> bool {
+        self.is_dir() && self.branches.read().unwrap_or_else(|p| p.into_inner()).len() > 1
+    }
+}
+
+/// Nodes the kernel holds references to, by inode number.
+#[derive(Debug, Default)]
+pub struct NodeTable {
+    nodes: RwLock<HashMap<u64, Arc<Node>>>,
+}
+
+impl NodeTable {
+    pub fn get(&self, ino: u64) -> SysResult<Arc<Node>> {
+        // A number the kernel no longer holds (or never got) is stale: ESTALE as in NFS/FUSE.
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned().ok_or(Errno(libc::ESTALE))
+    }
+
+    /// Insert the root with a lookup count that never drops to zero.
+    pub fn insert_root(&self, node: Node) {
+        node.lookups.store(1, Ordering::Relaxed);
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(node.ino, Arc::new(node));
+    }
+
+    /// Hand a node to the kernel: count one more lookup, inserting it if it is new. A node
+    /// already known under this number (a hard link reached by another name) is reused.
+    pub fn remember(&self, node: Node) -> Arc<Node> {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        let entry = nodes.entry(node.ino).or_insert_with(|| Arc::new(node));
+        entry.lookups.fetch_add(1, Ordering::Relaxed);
+        entry.clone()
+    }
+
+    /// The kernel dropped `n` references; the node goes when none are left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = nodes.get(&ino) {
+            // Counts change only under the write lock, so load-then-store is not a race.
+            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+            node.lookups.store(left, Ordering::Relaxed);
+            if left == 0 && ino != super::ino::ROOT_INO {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Open files or directories by handle number.
+#[derive(Debug)]
+pub struct HandleTable<T> {
+    next: AtomicU64,
+    items: RwLock<HashMap<u64, Arc<T>>>,
+}
+
+impl<T> Default for HandleTable<T> {
+    fn default() -> Self {
+        HandleTable { next: AtomicU64::new(1), items: RwLock::new(HashMap::new()) }
+    }
+}
+
+impl<T> HandleTable<T> {
+    pub fn insert(&self, item: T) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.items.write().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(item));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> SysResult<Arc<T>> {
+        self.items.read().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub fn remove(&self, fh: u64) {
+        self.items.write().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ino: u64) -> Node {
+        Node::new(ino, libc::S_IFREG, 1, vec![])
+    }
+
+    #[test]
+    fn forget_removes_after_last_reference() {
+        let t = NodeTable::default();
+        t.remember(node(5));
+        t.remember(node(5));
+        t.forget(5, 1);
+        assert!(t.get(5).is_ok());
+        t.forget(5, 1);
+        assert!(t.get(5).is_err());
+    }
+
+    #[test]
+    fn root_is_never_forgotten() {
+        let t = NodeTable::default();
+        t.insert_root(Node::new(1, libc::S_IFDIR, 1, vec![]));
+        t.forget(1, 10);
+        assert!(t.get(1).is_ok());
+    }
+
+    #[test]
+    fn handles_are_distinct() {
+        let h: HandleTable<u32> = HandleTable::default();
+        let a = h.insert(1);
+        let b = h.insert(2);
+        assert_ne!(a, b);
+        assert_eq!(*h.get(b).unwrap(), 2);
+        h.remove(a);
+        assert!(h.get(a).is_err());
+    }
+}

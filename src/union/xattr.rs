@@ -1,0 +1,54 @@
+//! Extended attributes of merged-view objects: those of the top branch, minus the overlay's own
+//! (`trusted.overlay.*`, `user.overlay.*`), which are format, not data.
+
+use crate::sys::{self, Errno, SysResult};
+
+use super::Union;
+use super::whiteout::is_private_xattr;
+
+impl Union {
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> SysResult<Vec<u8>> {
+        if is_private_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let path = self.top_path(ino)?;
+        sys::lgetxattr(&path, &sys::cstring(name)?)
+    }
+
+    /// The visible xattr names, NUL-separated, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: u64) -> SysResult<Vec<u8>> {
+        let path = self.top_path(ino)?;
+        let raw = sys::llistxattr(&path)?;
+        Ok(filter_names(&raw))
+    }
+
+    fn top_path(&self, ino: u64) -> SysResult<std::ffi::CString> {
+        let node = self.nodes.get(ino)?;
+        let top = node.top()?;
+        sys::fd_relative_path(self.stack.get(top.layer)?.fd(), top.path.to_bytes())
+    }
+}
+
+/// Drop the overlay's private names from a NUL-separated xattr name list.
+pub fn filter_names(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for name in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !is_private_xattr(name) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_names_are_dropped() {
+        let raw = b"user.a\0trusted.overlay.opaque\0security.selinux\0user.overlay.origin\0";
+        assert_eq!(filter_names(raw), b"user.a\0security.selinux\0".to_vec());
+        assert_eq!(filter_names(b""), Vec::<u8>::new());
+    }
+}
