@@ -22,6 +22,9 @@ pub mod readdir;
 pub mod whiteout;
 pub mod xattr;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 pub use crate::sys::{Errno, SysResult};

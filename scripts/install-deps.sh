@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages shalefs' demo and tests need. Safe to run again.
+#   fuse3          fusermount3 and the FUSE userspace bits
+#   busybox-static the payload of the demo and chroot tests
+#   attr           setfattr/getfattr, used by tests to build layers independently of shalefs
+#   fuse-overlayfs the peer the benchmarks compare against
+set -euo pipefail
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -e /dev/fuse ] || { echo "install-deps: /dev/fuse is missing and the fuse module could not be loaded" >&2; exit 1; }

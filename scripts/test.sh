@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every test: unit tests of the union rules, then the mount tests (real FUSE mounts compared
+# with kernel overlayfs). Needs root, /dev/fuse and kernel overlayfs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the mount tests need root (kernel overlayfs, mknod, trusted.* xattrs)" >&2
+    exit 1
+fi
+cargo test --release --lib
+cargo test --release --test mount -- --test-threads "${SHALEFS_TEST_THREADS:-4}"

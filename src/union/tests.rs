@@ -1,0 +1,223 @@
+//! The union rules on plain directories, without FUSE: build small layers, then ask the union.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use super::Union;
+use super::ino::ROOT_INO;
+use super::layer::{Formats, Layer, LayerStack, Role};
+use crate::sys;
+
+struct Layers {
+    _dir: tempfile::TempDir,
+    roots: Vec<PathBuf>,
+}
+
+impl Layers {
+    fn new(n: usize) -> Layers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = (0..n).map(|i| dir.path().join(format!("l{i}"))).collect::<Vec<_>>();
+        for r in &roots {
+            std::fs::create_dir(r).expect("mkdir");
+        }
+        Layers { _dir: dir, roots }
+    }
+
+    fn file(&self, layer: usize, rel: &str, content: &str) -> &Self {
+        let p = self.roots[layer].join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+        self
+    }
+
+    fn dir(&self, layer: usize, rel: &str) -> &Self {
+        std::fs::create_dir_all(self.roots[layer].join(rel)).expect("mkdir");
+        self
+    }
+
+    fn whiteout(&self, layer: usize, rel: &str) -> &Self {
+        let p = self.roots[layer].join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        let dir = sys::open_dir(p.parent().expect("parent")).expect("open");
+        let name = sys::cstring(p.file_name().expect("name").as_encoded_bytes()).expect("name");
+        sys::mknodat(dir.as_fd(), &name, libc::S_IFCHR, 0).expect("mknod 0/0 (needs root)");
+        self
+    }
+
+    fn xattr(&self, layer: usize, rel: &str, name: &str, value: &[u8]) -> &Self {
+        let p = sys::path_cstring(&self.roots[layer].join(rel)).expect("path");
+        sys::lsetxattr(&p, &sys::cstring(name.as_bytes()).expect("name"), value).expect("setxattr (needs root)");
+        self
+    }
+
+    /// All layers as lowers, top (index 0) first.
+    fn union(&self) -> Union {
+        let lowers = self.roots.iter().map(|r| Layer::open(r, Role::Lower, Formats::LOWER).expect("layer")).collect();
+        Union::new(LayerStack::new(None, lowers).expect("stack")).expect("union")
+    }
+
+    /// Layer 0 as the upper, the rest as lowers.
+    fn union_with_upper(&self) -> Union {
+        let upper = Layer::open(&self.roots[0], Role::Upper, Formats::UPPER_TRUSTED).expect("upper");
+        let lowers = self.roots[1..].iter().map(|r| Layer::open(r, Role::Lower, Formats::LOWER).expect("layer")).collect();
+        Union::new(LayerStack::new(Some(upper), lowers).expect("stack")).expect("union")
+    }
+}
+
+fn names(u: &Union, path: &str) -> Vec<String> {
+    let ino = resolve(u, path);
+    let node = u.node(ino).expect("node");
+    let mut v: Vec<String> = u.list_dir(&node).expect("list").into_iter().map(|l| String::from_utf8_lossy(&l.name).into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn resolve(u: &Union, path: &str) -> u64 {
+    let mut ino = ROOT_INO;
+    for part in Path::new(path).iter() {
+        ino = u.lookup(ino, part.as_encoded_bytes()).unwrap_or_else(|e| panic!("lookup {path}: {e}")).st_ino;
+    }
+    ino
+}
+
+fn exists(u: &Union, path: &str) -> bool {
+    let mut ino = ROOT_INO;
+    for part in Path::new(path).iter() {
+        match u.lookup(ino, part.as_encoded_bytes()) {
+            Ok(st) => ino = st.st_ino,
+            Err(e) if e == sys::Errno::ENOENT => return false,
+            Err(e) => panic!("lookup {path}: {e}"),
+        }
+    }
+    true
+}
+
+fn read(u: &Union, path: &str) -> String {
+    let fh = u.open(resolve(u, path), libc::O_RDONLY).expect("open");
+    let data = u.read(fh, 0, 4096).expect("read");
+    u.release(fh);
+    String::from_utf8(data).expect("utf8")
+}
+
+#[test]
+fn upper_layers_win_over_lower_ones() {
+    let l = Layers::new(3);
+    l.file(2, "etc/a", "bottom").file(1, "etc/a", "middle").file(2, "etc/b", "bottom b");
+    let u = l.union();
+    assert_eq!(read(&u, "etc/a"), "middle");
+    assert_eq!(read(&u, "etc/b"), "bottom b");
+    assert_eq!(names(&u, "etc"), ["a", "b"]);
+}
+
+#[test]
+fn char_device_whiteout_hides_lower_names() {
+    let l = Layers::new(2);
+    l.file(1, "etc/gone", "x").file(1, "etc/kept", "y").whiteout(0, "etc/gone");
+    let u = l.union();
+    assert!(!exists(&u, "etc/gone"));
+    assert_eq!(names(&u, "etc"), ["kept"]);
+}
+
+#[test]
+fn oci_whiteout_hides_below_but_not_its_own_sibling() {
+    let l = Layers::new(2);
+    l.file(1, "d/x", "lower").file(1, "d/y", "lower y").file(0, "d/.wh.x", "").file(0, "d/.wh.y", "").file(0, "d/y", "same layer");
+    let u = l.union();
+    assert!(!exists(&u, "d/x"));
+    assert_eq!(read(&u, "d/y"), "same layer");
+    assert_eq!(names(&u, "d"), ["y"]);
+}
+
+#[test]
+fn opaque_directory_hides_everything_below_in_both_encodings() {
+    let l = Layers::new(3);
+    l.file(2, "a/old", "x").file(2, "b/old", "x");
+    l.file(1, "a/new", "n").xattr(1, "a", "trusted.overlay.opaque", b"y");
+    l.file(1, "b/new", "n").file(1, "b/.wh..wh..opq", "");
+    let u = l.union();
+    assert_eq!(names(&u, "a"), ["new"]);
+    assert_eq!(names(&u, "b"), ["new"]);
+}
+
+#[test]
+fn a_non_directory_ends_the_merge() {
+    let l = Layers::new(3);
+    l.file(2, "d/deep", "x").file(1, "d", "a file").file(0, "d/top", "t");
+    let u = l.union();
+    assert_eq!(names(&u, "d"), ["top"]);
+    let l = Layers::new(2);
+    l.file(1, "f", "file below").file(0, "f/inside", "dir above");
+    let u = l.union();
+    assert_eq!(names(&u, "f"), ["inside"]);
+}
+
+#[test]
+fn xattr_whiteouts_count_only_in_marked_directories() {
+    let l = Layers::new(2);
+    l.file(1, "m/x", "lower").file(1, "n/x", "lower");
+    l.file(0, "m/x", "").xattr(0, "m/x", "user.overlay.whiteout", b"").xattr(0, "m", "user.overlay.opaque", b"x");
+    // Same file, but the directory is not marked: an ordinary empty file.
+    l.file(0, "n/x", "").xattr(0, "n/x", "user.overlay.whiteout", b"");
+    let u = l.union();
+    assert!(!exists(&u, "m/x"));
+    assert_eq!(read(&u, "n/x"), "");
+}
+
+#[test]
+fn the_upper_reads_only_the_overlay_format() {
+    let l = Layers::new(2);
+    l.file(1, "d/x", "lower").file(0, "d/.wh.x", "a user's file named .wh.x");
+    let u = l.union_with_upper();
+    assert!(exists(&u, "d/x"));
+    assert_eq!(read(&u, "d/.wh.x"), "a user's file named .wh.x");
+}
+
+#[test]
+fn merged_directories_report_one_link_and_a_stable_number() {
+    let l = Layers::new(2);
+    l.dir(1, "d/sub").dir(0, "d").dir(1, "only");
+    let u = l.union();
+    let st = u.lookup(ROOT_INO, b"d").expect("lookup");
+    assert_eq!(st.st_nlink, 1);
+    let only = u.lookup(ROOT_INO, b"only").expect("lookup");
+    assert_eq!(only.st_nlink, 2);
+    // The number comes from the lowest directory of the merge.
+    let lower = std::fs::metadata(l.roots[1].join("d")).expect("stat");
+    assert_eq!(st.st_ino & ((1 << 48) - 1), std::os::unix::fs::MetadataExt::ino(&lower));
+}
+
+#[test]
+fn hard_links_share_a_number_and_listing_numbers_match_lookup() {
+    let l = Layers::new(1);
+    l.file(0, "a", "data");
+    std::fs::hard_link(l.roots[0].join("a"), l.roots[0].join("b")).expect("link");
+    let u = l.union();
+    let a = u.lookup(ROOT_INO, b"a").expect("a");
+    let b = u.lookup(ROOT_INO, b"b").expect("b");
+    assert_eq!(a.st_ino, b.st_ino);
+    assert_eq!(a.st_nlink, 2);
+    let root = u.node(ROOT_INO).expect("root");
+    for entry in u.list_dir(&root).expect("list") {
+        assert_eq!(entry.found.ino, u.lookup(ROOT_INO, &entry.name).expect("lookup").st_ino);
+    }
+}
+
+#[test]
+fn forgotten_nodes_leave_the_table() {
+    let l = Layers::new(1);
+    l.file(0, "a", "data");
+    let u = l.union();
+    let before = u.live_nodes();
+    let ino = u.lookup(ROOT_INO, b"a").expect("a").st_ino;
+    u.lookup(ROOT_INO, b"a").expect("a");
+    assert_eq!(u.live_nodes(), before + 1);
+    u.forget(ino, 2);
+    assert_eq!(u.live_nodes(), before);
+}
+
+#[test]
+fn long_names_are_enametoolong() {
+    let l = Layers::new(1);
+    let u = l.union();
+    assert_eq!(u.lookup(ROOT_INO, &[b'x'; 256]).unwrap_err(), sys::Errno::ENAMETOOLONG);
+}
