@@ -183,13 +183,31 @@ fn probe_upper_format(work: &Path) -> anyhow::Result<Formats> {
     }
 }
 
+/// shalefs' own corner of the work directory. Kernel overlayfs keeps its `work` and `index`
+/// beside it, so the same upper and work directories can be mounted by either.
+const WORK_SUBDIR: &str = "shalefs";
+
+fn open_work(work: &Path) -> anyhow::Result<Layer> {
+    let dir = work.join(WORK_SUBDIR);
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("work directory {}: {e}", dir.display()),
+    }
+    let layer = Layer::open(&dir, Role::Work, Formats::UPPER_TRUSTED)?;
+    // Anything left here is from a crash: half-built copies, removed trees. None is visible.
+    crate::union::util::clean_work_dir(&layer);
+    Ok(layer)
+}
+
 fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
-    let upper = match &plan.upper {
-        Some(u) => Some(Layer::open(&u.upper, Role::Upper, probe_upper_format(&u.work)?)?),
-        None => None,
+    let (upper, work) = match &plan.upper {
+        Some(u) => (Some(Layer::open(&u.upper, Role::Upper, probe_upper_format(&u.work)?)?), Some(open_work(&u.work)?)),
+        None => (None, None),
     };
     let lowers = plan.lowers.iter().map(|p| Layer::open(p, Role::Lower, Formats::LOWER)).collect::<anyhow::Result<Vec<_>>>()?;
-    let stack = LayerStack::new(upper, lowers)?;
+    let stack = LayerStack::with_work(upper, work, lowers)?;
     Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))
 }
 
@@ -200,6 +218,9 @@ fn cache_ttl(plan: &MountPlan) -> std::time::Duration {
 }
 
 fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()> {
+    // The kernel applies the caller's umask before a create reaches us; ours must not apply
+    // a second time.
+    sys::set_umask(0);
     let union = build_union(&plan)?;
     let fs = ShaleFs::new(union, cache_ttl(&plan));
     let opts = SessionOptions {

@@ -6,15 +6,18 @@ pub mod session;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use fuser::{
-    Errno as FuseErrno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 
 use crate::union::Union;
+use crate::union::attr::{SetAttr, SetTime};
+use crate::union::dir::{Caller, NewObject};
 use reply::{errno, file_attr, file_type};
 
 /// The filesystem a session serves.
@@ -41,7 +44,9 @@ impl Filesystem for ShaleFs {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // O_TRUNC arrives with open, so a truncating open copies up no data.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         // Each flag the kernel lacks is only a lost optimisation.
         let supported = wanted & config.capabilities();
         let _ = config.add_capabilities(supported);
@@ -61,7 +66,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0) {
+        match self.union.getattr(ino.0, _fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -154,7 +159,7 @@ impl Filesystem for ShaleFs {
         let parent = open.node.parent.load(std::sync::atomic::Ordering::Relaxed);
         // The kernel takes no lookup reference for "." and "..", so they are not remembered.
         for (i, dot_ino) in [ino.0, parent].into_iter().enumerate().skip(offset as usize) {
-            let Ok(st) = self.union.getattr(dot_ino).or_else(|_| self.union.getattr(ino.0)) else { continue };
+            let Ok(st) = self.union.getattr(dot_ino, None).or_else(|_| self.union.getattr(ino.0, None)) else { continue };
             let name: &[u8] = if i == 0 { b"." } else { b".." };
             if reply.add(INodeNo(dot_ino), i as u64 + 1, OsStr::from_bytes(name), &self.ttl, &file_attr(&st), Generation(0)) {
                 return reply.ok();
@@ -207,25 +212,182 @@ impl Filesystem for ShaleFs {
         }
     }
 
-    // Until the write path lands, a mount with an upper directory is shown but not changed.
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(FuseErrno::EROFS);
+        let change = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
+        match self.union.setattr(ino.0, change, fh.map(|f| f.0)) {
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let obj = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
+            _ => NewObject::Node { mode, rdev: rdev as u64 },
+        };
+        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let obj = NewObject::Dir { mode };
+        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let obj = NewObject::Symlink { target: target.as_os_str().as_bytes() };
+        self.reply_entry(self.union.create_object(parent.0, link_name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(self.union.link(ino.0, newparent.0, newname.as_bytes()), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.union.unlink(parent.0, name.as_bytes()), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.union.rmdir(parent.0, name.as_bytes()), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits());
+        reply_empty(r, reply);
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+            Ok((st, fh)) => reply.created(&self.ttl, &file_attr(&st), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(self.union.fsync(fh.0, datasync), reply);
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(self.union.fsyncdir(ino.0, datasync), reply);
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        reply_empty(self.union.setxattr(ino.0, name.as_bytes(), value, flags), reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        reply_empty(self.union.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.union.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl ShaleFs {
+    fn reply_entry(&self, r: crate::sys::SysResult<libc::stat>, reply: ReplyEntry) {
+        match r {
+            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn reply_empty(r: crate::sys::SysResult<()>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn set_time(t: fuser::TimeOrNow) -> SetTime {
+    match t {
+        fuser::TimeOrNow::Now => SetTime::Now,
+        fuser::TimeOrNow::SpecificTime(t) => match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                // Before 1970: whole seconds down, nanoseconds up, as timespec wants.
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                SetTime::At(s, ns)
+            }
+        },
     }
 }

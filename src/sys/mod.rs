@@ -25,6 +25,11 @@ impl Errno {
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
     pub const ELOOP: Errno = Errno(libc::ELOOP);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
 
     /// The errno of the last failed libc call on this thread.
     pub fn last() -> Errno {
@@ -290,4 +295,148 @@ pub fn syslog(priority: libc::c_int, line: &[u8]) {
 
 pub fn os_str(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
+}
+
+/// Like [`open_beneath`], with the mode for O_CREAT / O_TMPFILE.
+pub fn open_beneath_mode(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: mode as u64,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `how` is a valid open_how of the size we pass; `rel` is NUL-terminated.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), rel.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: openat2 returned a new fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+pub fn renameat2(olddir: BorrowedFd<'_>, old: &CStr, newdir: BorrowedFd<'_>, new: &CStr, flags: u32) -> SysResult<()> {
+    // SAFETY: both names are NUL-terminated; the fds are valid for the call.
+    check(unsafe { libc::renameat2(olddir.as_raw_fd(), old.as_ptr(), newdir.as_raw_fd(), new.as_ptr(), flags) })?;
+    Ok(())
+}
+
+pub fn linkat(olddir: BorrowedFd<'_>, old: &CStr, newdir: BorrowedFd<'_>, new: &CStr) -> SysResult<()> {
+    // SAFETY: both names are NUL-terminated; the fds are valid for the call.
+    check(unsafe { libc::linkat(olddir.as_raw_fd(), old.as_ptr(), newdir.as_raw_fd(), new.as_ptr(), 0) })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), rel.as_ptr()) })?;
+    Ok(())
+}
+
+/// chown without following a final symlink.
+pub fn lchownat(dir: BorrowedFd<'_>, rel: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: `rel` is NUL-terminated.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), rel.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
+pub fn fchmodat(dir: BorrowedFd<'_>, rel: &CStr, mode: u32) -> SysResult<()> {
+    // SAFETY: `rel` is NUL-terminated.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), rel.as_ptr(), mode, 0) })?;
+    Ok(())
+}
+
+/// Set atime and mtime without following a final symlink; `UTIME_NOW`/`UTIME_OMIT` in tv_nsec
+/// work as in utimensat(2).
+pub fn lutimensat(dir: BorrowedFd<'_>, rel: &CStr, times: [libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `times` points to two timespecs; `rel` is NUL-terminated.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), rel.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(())
+}
+
+pub fn lremovexattr(path: &CStr, name: &CStr) -> SysResult<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// setxattr with the caller's XATTR_CREATE / XATTR_REPLACE flags.
+pub fn lsetxattr_flags(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    // SAFETY: `value` is readable for its length; both strings are NUL-terminated.
+    check(unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) })?;
+    Ok(())
+}
+
+/// Set the process umask. The daemon runs with 0: the kernel has already applied the caller's.
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask has no memory-safety preconditions.
+    unsafe {
+        libc::umask(mask);
+    }
+}
+
+pub fn copy_file_range(fd_in: BorrowedFd<'_>, off_in: &mut i64, fd_out: BorrowedFd<'_>, off_out: &mut i64, len: usize) -> SysResult<usize> {
+    // SAFETY: the offsets are valid pointers to i64; the fds are valid for the call.
+    check_size(unsafe { libc::copy_file_range(fd_in.as_raw_fd(), off_in, fd_out.as_raw_fd(), off_out, len, 0) })
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: lseek has no memory-safety preconditions.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: i64, len: i64) -> SysResult<()> {
+    // SAFETY: fallocate has no memory-safety preconditions.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) })?;
+    Ok(())
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    // SAFETY: fsync/fdatasync have no memory-safety preconditions.
+    check(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } })?;
+    Ok(())
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
+    let len = i64::try_from(len).map_err(|_| Errno(libc::EFBIG))?;
+    // SAFETY: ftruncate has no memory-safety preconditions.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    Ok(())
+}
+
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
+    // SAFETY: fchown has no memory-safety preconditions.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    // SAFETY: fchmod has no memory-safety preconditions.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })?;
+    Ok(())
+}
+
+pub fn futimens(fd: BorrowedFd<'_>, times: [libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: `times` points to two timespecs.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: i64) -> SysResult<usize> {
+    // SAFETY: `buf` is writable for its length.
+    check_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: i64) -> SysResult<usize> {
+    // SAFETY: `buf` is readable for its length.
+    check_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) })
+}
+
+/// The atime and mtime of a stat, as utimensat wants them.
+pub fn stat_times(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+    ]
 }

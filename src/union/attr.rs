@@ -1,24 +1,88 @@
 //! Attributes of merged-view objects (overlayfs' inode.c): the top branch's, with the merged
-//! view's inode number and link count.
+//! view's inode number and link count; changes copy the object up first.
 
-use crate::sys::{self, SysResult};
+use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
 use super::lookup::present;
 
+/// A time to set: now, or a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(i64, i64),
+}
+
+/// The changes of one setattr; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+fn timespec(t: Option<SetTime>) -> libc::timespec {
+    match t {
+        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        Some(SetTime::At(s, ns)) => libc::timespec { tv_sec: s, tv_nsec: ns },
+    }
+}
+
 impl Union {
-    pub fn getattr(&self, ino: u64) -> SysResult<libc::stat> {
+    /// Attributes of `ino`; with an open handle, of the file behind it (which answers even
+    /// after the name is gone).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<libc::stat> {
         let node = self.nodes.get(ino)?;
-        let top = node.top()?;
-        let mut st = self.stack.get(top.layer)?.stat(&top.path)?;
+        let mut st = match fh.and_then(|fh| self.files.get(fh).ok()) {
+            Some(open) => sys::fstat(std::os::fd::AsFd::as_fd(&open.file))?,
+            None => {
+                let top = node.top()?;
+                self.stack.get(top.layer)?.stat(&top.path)?
+            }
+        };
         present(&mut st, node.ino, node.is_merged_dir());
         Ok(st)
+    }
+
+    pub fn setattr(&self, ino: u64, change: SetAttr, fh: Option<u64>) -> SysResult<libc::stat> {
+        let node = self.nodes.get(ino)?;
+        // A truncation to zero needs none of the old data.
+        self.copy_up_node(&node, change.size != Some(0))?;
+        let top = node.top()?;
+        let layer = self.stack.get(top.layer)?;
+        if change.uid.is_some() || change.gid.is_some() {
+            // -1 leaves an id unchanged, as chown(2) says.
+            sys::lchownat(layer.fd(), &top.path, change.uid.unwrap_or(u32::MAX), change.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = change.mode {
+            sys::fchmodat(layer.fd(), &top.path, mode & 0o7777)?;
+        }
+        if let Some(size) = change.size {
+            match fh.and_then(|fh| self.files.get(fh).ok()).filter(|f| f.writable) {
+                Some(open) => sys::ftruncate(std::os::fd::AsFd::as_fd(&open.file), size)?,
+                None => {
+                    if node.kind != libc::S_IFREG {
+                        return Err(if node.is_dir() { Errno::EISDIR } else { Errno::EINVAL });
+                    }
+                    let fd = sys::open_beneath(layer.fd(), &top.path, libc::O_WRONLY)?;
+                    sys::ftruncate(std::os::fd::AsFd::as_fd(&fd), size)?;
+                }
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::lutimensat(layer.fd(), &top.path, [timespec(change.atime), timespec(change.mtime)])?;
+        }
+        self.getattr(ino, fh)
     }
 
     pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
         let node = self.nodes.get(ino)?;
         if node.kind != libc::S_IFLNK {
-            return Err(sys::Errno::EINVAL);
+            return Err(Errno::EINVAL);
         }
         let top = node.top()?;
         sys::readlinkat(self.stack.get(top.layer)?.fd(), &top.path)

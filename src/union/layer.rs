@@ -18,6 +18,8 @@ use super::whiteout::{self, DirMarks};
 pub enum Role {
     Upper,
     Lower,
+    /// The work directory: where copy-ups are built and removed objects wait to go.
+    Work,
 }
 
 /// Which encodings of whiteouts and opaque directories are honoured in a layer.
@@ -181,27 +183,46 @@ pub fn join_c(dir: &CStr, name: &[u8]) -> SysResult<CString> {
 }
 
 /// The layers of one mount, top first: the upper (if any) at index 0, then the lowers from top
-/// to bottom.
+/// to bottom. The work directory, when there is an upper, is reachable as [`WORK_LAYER`] but is
+/// never part of the merge.
 #[derive(Debug)]
 pub struct LayerStack {
     layers: Vec<Layer>,
+    work: Option<Layer>,
 }
+
+/// The layer index that names the work directory in a [`super::node::Branch`].
+pub const WORK_LAYER: u16 = u16::MAX;
 
 impl LayerStack {
     pub fn new(upper: Option<Layer>, lowers: Vec<Layer>) -> anyhow::Result<LayerStack> {
+        Self::with_work(upper, None, lowers)
+    }
+
+    pub fn with_work(upper: Option<Layer>, work: Option<Layer>, lowers: Vec<Layer>) -> anyhow::Result<LayerStack> {
+        if upper.is_some() != work.is_some() {
+            anyhow::bail!("an upper layer needs a work directory, and a work directory an upper layer");
+        }
         if lowers.is_empty() && upper.is_none() {
             anyhow::bail!("no layers: give at least one lower layer");
         }
         let mut layers: Vec<Layer> = upper.into_iter().collect();
         layers.extend(lowers);
-        if layers.len() > u16::MAX as usize {
-            anyhow::bail!("too many layers: {} (at most {})", layers.len(), u16::MAX);
+        if layers.len() >= WORK_LAYER as usize {
+            anyhow::bail!("too many layers: {} (at most {})", layers.len(), WORK_LAYER - 1);
         }
-        Ok(LayerStack { layers })
+        Ok(LayerStack { layers, work })
     }
 
     pub fn get(&self, index: u16) -> SysResult<&Layer> {
+        if index == WORK_LAYER {
+            return self.work.as_ref().ok_or(Errno::EIO);
+        }
         self.layers.get(index as usize).ok_or(Errno::EIO)
+    }
+
+    pub fn work(&self) -> Option<&Layer> {
+        self.work.as_ref()
     }
 
     pub fn len(&self) -> usize {

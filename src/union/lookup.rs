@@ -7,13 +7,14 @@
 //!   (or, OCI form, has a `.wh.NAME` beside it in its own layer), or a layer holds a whiteout or
 //!   a non-directory under that name.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 
-use crate::sys::{Errno, SysResult};
+use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
-use super::layer::join_c;
+use super::layer::{Role, join, join_c};
 use super::node::Branch;
+use super::whiteout::DirMarks;
 
 /// Longest name a directory entry may have (NAME_MAX).
 pub const NAME_MAX: usize = 255;
@@ -25,6 +26,8 @@ pub struct Found {
     pub kind: u32,
     /// Attributes of the top branch, with st_ino and st_nlink as the merged view shows them.
     pub stat: libc::stat,
+    /// Path in the merged view (and in the upper).
+    pub path: CString,
     pub branches: Vec<Branch>,
 }
 
@@ -43,59 +46,101 @@ fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
+/// One place to look for the name: a directory in one layer, and the name within it.
+struct Candidate {
+    layer: u16,
+    dir: Vec<u8>,
+    name: Vec<u8>,
+    xattr_whiteouts: bool,
+}
+
+/// Where the layers below a directory with `overlay.redirect` look for it (overlayfs'
+/// redirect_dir): an absolute redirect names a path from the layer root, a relative one a name
+/// beside the directory itself.
+pub fn redirect_target(dir_of_entry: &[u8], redirect: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let full = match redirect.strip_prefix(b"/") {
+        Some(abs) => abs.to_vec(),
+        None => join(dir_of_entry, redirect),
+    };
+    let full: Vec<u8> = full.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect::<Vec<_>>().join(&b'/');
+    if full.is_empty() || full.split(|&b| b == b'/').any(|c| c == b"." || c == b"..") {
+        return None;
+    }
+    match full.iter().rposition(|&b| b == b'/') {
+        Some(i) => Some((full[..i].to_vec(), full[i + 1..].to_vec())),
+        None => Some((b".".to_vec(), full)),
+    }
+}
+
 impl Union {
-    /// Look `name` up below the directory whose branches are `parent`, without registering it.
-    /// `None` means it does not exist in the merged view.
-    pub fn find(&self, parent: &[Branch], name: &[u8]) -> SysResult<Option<Found>> {
+    /// Look `name` up below the directory at `parent_path` whose branches are `parent`, without
+    /// registering it. `None` means it does not exist in the merged view.
+    pub fn find(&self, parent_path: &CStr, parent: &[Branch], name: &[u8]) -> SysResult<Option<Found>> {
         check_name(name)?;
+        let mut queue: std::collections::VecDeque<Candidate> = parent
+            .iter()
+            .map(|b| Candidate { layer: b.layer, dir: b.path.to_bytes().to_vec(), name: name.to_vec(), xattr_whiteouts: b.xattr_whiteouts })
+            .collect();
         let mut branches: Vec<Branch> = Vec::new();
         let mut top: Option<libc::stat> = None;
         // The real object whose number the merged object takes: the top non-directory, or the
         // lowest directory of a merge, which stays the same when the directory is copied up.
         let mut identity = (0u64, 0u64);
+        let mut origin: Option<u64> = None;
 
-        for pb in parent {
-            let layer = self.stack.get(pb.layer)?;
-            let rel = join_c(&pb.path, name)?;
+        while let Some(c) = queue.pop_front() {
+            let layer = self.stack.get(c.layer)?;
+            let rel = sys::cstring(&join(&c.dir, &c.name))?;
             let st = match layer.stat(&rel) {
                 Ok(st) => st,
                 Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
-                    if layer.has_oci_whiteout(pb.path.to_bytes(), name) {
+                    if layer.has_oci_whiteout(&c.dir, &c.name) {
                         break;
                     }
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let parent_marks = super::whiteout::DirMarks { opaque: false, xattr_whiteouts: pb.xattr_whiteouts };
+            let parent_marks = DirMarks { opaque: false, xattr_whiteouts: c.xattr_whiteouts };
             if layer.is_whiteout(&rel, &st, parent_marks) {
                 break;
             }
             if !is_dir(&st) {
                 if top.is_none() {
                     identity = (st.st_dev, st.st_ino);
+                    if layer.role == Role::Upper {
+                        origin = layer.overlay_xattr(&rel, ORIGIN_XATTR).and_then(|v| parse_origin(&v));
+                    }
                     top = Some(st);
-                    branches.push(Branch { layer: pb.layer, path: rel, xattr_whiteouts: false });
+                    branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
                 }
                 break;
             }
             let marks = layer.dir_marks(rel.to_bytes());
-            let ends_merge = marks.opaque || layer.has_oci_whiteout(pb.path.to_bytes(), name);
+            let ends_merge = marks.opaque || layer.has_oci_whiteout(&c.dir, &c.name);
             identity = (st.st_dev, st.st_ino);
             if top.is_none() {
                 top = Some(st);
             }
-            branches.push(Branch { layer: pb.layer, path: rel, xattr_whiteouts: marks.xattr_whiteouts });
+            let redirect = if ends_merge { None } else { layer.overlay_xattr(&rel, b"redirect") };
+            branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: marks.xattr_whiteouts });
             if ends_merge {
                 break;
+            }
+            // A moved directory: the layers below hold it under its old path.
+            if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
+                queue = ((c.layer as usize + 1)..self.stack.len())
+                    .map(|l| Candidate { layer: l as u16, dir: dir.clone(), name: name.clone(), xattr_whiteouts: false })
+                    .collect();
             }
         }
 
         let Some(mut stat) = top else { return Ok(None) };
-        let ino = self.inos.map(identity.0, identity.1);
+        let ino = origin.unwrap_or_else(|| self.inos.map(identity.0, identity.1));
         let kind = stat.st_mode & libc::S_IFMT;
         present(&mut stat, ino, kind == libc::S_IFDIR && branches.len() > 1);
-        Ok(Some(Found { ino, kind, stat, branches }))
+        let path = join_c(parent_path, name)?;
+        Ok(Some(Found { ino, kind, stat, path, branches }))
     }
 
     /// The branches of the root: every layer, top first, each at its root.
@@ -110,6 +155,14 @@ impl Union {
             })
             .collect()
     }
+}
+
+/// The upper xattr (`<ns>.overlay.` + this) that keeps a copied-up object's inode number, so
+/// that st_ino does not change at copy-up nor across remounts. Kernel overlayfs ignores it.
+pub const ORIGIN_XATTR: &[u8] = b"shalefs.ino";
+
+pub fn parse_origin(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Turn a real stat into what the merged view shows: our inode number, and st_nlink 1 for a
@@ -132,5 +185,15 @@ mod tests {
         assert!(check_name(&[b'a'; 255]).is_ok());
         assert_eq!(check_name(b"a/b"), Err(Errno::EINVAL));
         assert_eq!(check_name(b".."), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn redirects_resolve_absolute_and_relative() {
+        assert_eq!(redirect_target(b"a/b", b"/x/y"), Some((b"x".to_vec(), b"y".to_vec())));
+        assert_eq!(redirect_target(b"a/b", b"old"), Some((b"a/b".to_vec(), b"old".to_vec())));
+        assert_eq!(redirect_target(b".", b"old"), Some((b".".to_vec(), b"old".to_vec())));
+        assert_eq!(redirect_target(b".", b"/top"), Some((b".".to_vec(), b"top".to_vec())));
+        assert_eq!(redirect_target(b"a", b"/../etc"), None);
+        assert_eq!(redirect_target(b"a", b"/"), None);
     }
 }

@@ -13,6 +13,8 @@
 //! - [`node`]: the node and handle tables
 
 pub mod attr;
+pub mod copy_up;
+pub mod dir;
 pub mod file;
 pub mod ino;
 pub mod layer;
@@ -20,6 +22,7 @@ pub mod lookup;
 pub mod node;
 pub mod readdir;
 pub mod whiteout;
+pub mod util;
 pub mod xattr;
 
 #[cfg(test)]
@@ -33,7 +36,7 @@ use file::OpenFile;
 use ino::{InoMap, ROOT_INO};
 use layer::LayerStack;
 use lookup::Found;
-use node::{HandleTable, Node, NodeTable};
+use node::{HandleTable, Node, NodeState, NodeTable};
 use readdir::OpenDir;
 
 /// One mounted union: its layers, and the objects the kernel currently holds.
@@ -44,6 +47,8 @@ pub struct Union {
     nodes: NodeTable,
     files: HandleTable<OpenFile>,
     dirs: HandleTable<OpenDir>,
+    /// Per lower layer, its hard-linked files, built when one of them is first copied up.
+    aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::AliasMap>>>,
 }
 
 impl Union {
@@ -55,9 +60,10 @@ impl Union {
             nodes: NodeTable::default(),
             files: HandleTable::default(),
             dirs: HandleTable::default(),
+            aliases: Default::default(),
         };
         let branches = union.root_branches()?;
-        union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, branches));
+        union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
         Ok(union)
     }
 
@@ -80,19 +86,32 @@ impl Union {
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let found = self.find(&dir.branches(), name)?.ok_or(Errno::ENOENT)?;
+        let state = dir.state();
+        let found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
         self.remember(parent, &found);
         Ok(found.stat)
     }
 
     /// Register an object found by lookup or readdirplus: the kernel now holds one more
     /// reference to its inode number.
-    pub fn remember(&self, parent: u64, found: &Found) {
-        self.nodes.remember(Node::new(found.ino, found.kind, parent, found.branches.clone()));
+    pub fn remember(&self, parent: u64, found: &Found) -> Arc<Node> {
+        let node = self.nodes.remember(Node::new(found.ino, found.kind, parent, found.path.clone(), found.branches.clone()));
+        // A node already known may have been reached by another name or moved: the fresh
+        // lookup is the truth for its branches.
+        node.set_state(NodeState { path: found.path.clone(), branches: found.branches.clone() });
+        node
     }
 
+    /// The kernel let go of `n` references. A removed object that was kept in the work
+    /// directory because it was open goes for good with the last one.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.nodes.forget(ino, n);
+        if let Some(node) = self.nodes.forget(ino, n) {
+            if let Ok(top) = node.top() {
+                if top.layer == layer::WORK_LAYER {
+                    self.remove_work_tree(&top.path);
+                }
+            }
+        }
     }
 
     /// How many objects the kernel holds: for tests and for the daemon's own accounting.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::sys::{Errno, SysResult};
 
@@ -26,18 +26,32 @@ pub struct Node {
     /// S_IFMT bits; an object never changes type under one inode number.
     pub kind: u32,
     pub parent: AtomicU64,
-    branches: RwLock<Vec<Branch>>,
+    state: RwLock<NodeState>,
     lookups: AtomicU64,
+    /// Held while this object is copied up: a copy-up locks only the object it copies.
+    pub copy_up: Mutex<()>,
+    /// Open file handles: an unlinked object that is still open is kept in the work directory.
+    pub open_count: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The path in the merged view, relative to the root (`.` for the root). It is also the
+    /// object's path in the upper layer, once it is there.
+    pub path: CString,
+    pub branches: Vec<Branch>,
 }
 
 impl Node {
-    pub fn new(ino: u64, kind: u32, parent: u64, branches: Vec<Branch>) -> Node {
+    pub fn new(ino: u64, kind: u32, parent: u64, path: CString, branches: Vec<Branch>) -> Node {
         Node {
             ino,
             kind,
             parent: AtomicU64::new(parent),
-            branches: RwLock::new(branches),
+            state: RwLock::new(NodeState { path, branches }),
             lookups: AtomicU64::new(0),
+            copy_up: Mutex::new(()),
+            open_count: AtomicU64::new(0),
         }
     }
 
@@ -45,18 +59,35 @@ impl Node {
         self.kind == libc::S_IFDIR
     }
 
-    pub fn branches(&self) -> Vec<Branch> {
-        self.branches.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn state(&self) -> NodeState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The topmost branch: where attributes, data and xattrs come from.
+    pub fn set_state(&self, state: NodeState) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    pub fn update<R>(&self, f: impl FnOnce(&mut NodeState) -> R) -> R {
+        f(&mut self.state.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn path(&self) -> CString {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).path.clone()
+    }
+
+    pub fn branches(&self) -> Vec<Branch> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).branches.clone()
+    }
+
+    /// The topmost branch: where attributes, data and xattrs come from. ENOENT once the object
+    /// was removed from the merged view.
     pub fn top(&self) -> SysResult<Branch> {
-        self.branches.read().unwrap_or_else(|p| p.into_inner()).first().cloned().ok_or(Errno::EIO)
+        self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().cloned().ok_or(Errno::ENOENT)
     }
 
     /// A directory is "merged" when more than one layer contributes to it.
     pub fn is_merged_dir(&self) -> bool {
-        self.is_dir() && self.branches.read().unwrap_or_else(|p| p.into_inner()).len() > 1
+        self.is_dir() && self.state.read().unwrap_or_else(|p| p.into_inner()).branches.len() > 1
     }
 }
 
@@ -70,6 +101,16 @@ impl NodeTable {
     pub fn get(&self, ino: u64) -> SysResult<Arc<Node>> {
         // A number the kernel no longer holds (or never got) is stale: ESTALE as in NFS/FUSE.
         self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned().ok_or(Errno(libc::ESTALE))
+    }
+
+    /// Every node, for the rare operations that must visit them all (a directory rename).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The node under `ino`, if the kernel holds it.
+    pub fn find(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned()
     }
 
     /// Insert the root with a lookup count that never drops to zero.
@@ -87,17 +128,14 @@ impl NodeTable {
         entry.clone()
     }
 
-    /// The kernel dropped `n` references; the node goes when none are left.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references; the node goes when none are left, and is returned.
+    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(node) = nodes.get(&ino) {
-            // Counts change only under the write lock, so load-then-store is not a race.
-            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
-            node.lookups.store(left, Ordering::Relaxed);
-            if left == 0 && ino != super::ino::ROOT_INO {
-                nodes.remove(&ino);
-            }
-        }
+        let node = nodes.get(&ino)?;
+        // Counts change only under the write lock, so load-then-store is not a race.
+        let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left == 0 && ino != super::ino::ROOT_INO { nodes.remove(&ino) } else { None }
     }
 
     pub fn len(&self) -> usize {
@@ -143,7 +181,7 @@ mod tests {
     use super::*;
 
     fn node(ino: u64) -> Node {
-        Node::new(ino, libc::S_IFREG, 1, vec![])
+        Node::new(ino, libc::S_IFREG, 1, c"x".to_owned(), vec![])
     }
 
     #[test]
@@ -160,7 +198,7 @@ mod tests {
     #[test]
     fn root_is_never_forgotten() {
         let t = NodeTable::default();
-        t.insert_root(Node::new(1, libc::S_IFDIR, 1, vec![]));
+        t.insert_root(Node::new(1, libc::S_IFDIR, 1, c".".to_owned(), vec![]));
         t.forget(1, 10);
         assert!(t.get(1).is_ok());
     }

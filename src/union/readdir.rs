@@ -109,10 +109,10 @@ impl Union {
 
     /// The full listing of a directory: every visible name, looked up.
     pub fn list_dir(&self, dir: &Node) -> SysResult<Vec<Listed>> {
-        let branches = dir.branches();
+        let state = dir.state();
         let mut out = Vec::new();
-        for v in self.visible_names(&branches)? {
-            if let Some(found) = self.find(&branches[v.from..], &v.name)? {
+        for v in self.visible_names(&state.branches)? {
+            if let Some(found) = self.find(&state.path, &state.branches[v.from..], &v.name)? {
                 out.push(Listed { name: v.name, found });
             }
         }

@@ -22,6 +22,29 @@ impl Union {
         Ok(filter_names(&raw))
     }
 
+    /// Set an xattr (copying the object up first). The overlay's own names are refused, as
+    /// overlayfs refuses them.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> SysResult<()> {
+        if is_private_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        let node = self.nodes.get(ino)?;
+        self.copy_up_node(&node, true)?;
+        sys::lsetxattr_flags(&self.top_path(ino)?, &sys::cstring(name)?, value, flags)
+    }
+
+    /// Remove an xattr. One that does not exist is ENODATA without a copy-up.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> SysResult<()> {
+        if is_private_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        let cname = sys::cstring(name)?;
+        sys::lgetxattr(&self.top_path(ino)?, &cname)?;
+        let node = self.nodes.get(ino)?;
+        self.copy_up_node(&node, true)?;
+        sys::lremovexattr(&self.top_path(ino)?, &cname)
+    }
+
     fn top_path(&self, ino: u64) -> SysResult<std::ffi::CString> {
         let node = self.nodes.get(ino)?;
         let top = node.top()?;

@@ -1,0 +1,310 @@
+//! Copy-up (overlayfs' copy_up.c): before the first change of an object that lives in a lower
+//! layer, it is copied to the upper — data (holes kept; `copy_file_range`, which reflinks where
+//! the filesystem can), owner, mode, times, xattrs — with its parent directories copied first.
+//!
+//! A copy is built under a temporary name in the work directory and renamed into place, so a
+//! crash never leaves a half-copied object visible; the parent's times are restored afterwards,
+//! as overlayfs does. A copy-up holds the lock of the object it copies, and no other.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use crate::sys::{self, Errno, SysResult};
+
+use super::Union;
+use super::layer::{Layer, Role, WORK_LAYER, join};
+use super::lookup::{Found, ORIGIN_XATTR};
+use super::node::{Branch, Node};
+use super::util::parent_of;
+use super::whiteout::is_private_xattr;
+
+/// Lower files with more than one link, by inode: every path of each, in one layer.
+pub type AliasMap = HashMap<u64, Vec<Vec<u8>>>;
+
+fn kind_of(st: &libc::stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+impl Union {
+    /// Whether the top branch of `branches` is in the upper (or is an orphan in the work dir).
+    pub(super) fn is_upper(&self, branches: &[Branch]) -> bool {
+        branches.first().is_some_and(|b| b.layer == WORK_LAYER || (b.layer == 0 && self.stack.upper().is_some()))
+    }
+
+    /// Walk the merged view from the root to `path`.
+    pub(super) fn resolve(&self, path: &[u8]) -> SysResult<Found> {
+        let root = self.nodes.get(super::ino::ROOT_INO)?.state();
+        let (mut dir_path, mut branches) = (root.path, root.branches);
+        let mut found = None;
+        for part in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            let f = self.find(&dir_path, &branches, part)?.ok_or(Errno::ENOENT)?;
+            dir_path = f.path.clone();
+            branches = f.branches.clone();
+            found = Some(f);
+        }
+        found.ok_or(Errno::EINVAL)
+    }
+
+    /// Make sure the directory at merged path `dir` exists in the upper, copying it (and its
+    /// parents first) from the layer that shows it.
+    pub(super) fn ensure_upper_dir(&self, dir: &CStr) -> SysResult<()> {
+        let upper = self.upper()?;
+        if dir.to_bytes() == b"." {
+            return Ok(());
+        }
+        if let Ok(st) = upper.stat(dir) {
+            return if kind_of(&st) == libc::S_IFDIR { Ok(()) } else { Err(Errno::ENOTDIR) };
+        }
+        self.ensure_upper_dir(&sys::cstring(&parent_of(dir.to_bytes()))?)?;
+        let found = self.resolve(dir.to_bytes())?;
+        if found.kind != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        match self.copy_up_found(&found, false) {
+            // Another request copied it up first.
+            Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) if upper.stat(dir).is_ok() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Copy a node up if it is not in the upper yet. `with_data` false is for a file about to be
+    /// truncated to zero: its old data would be thrown away at once.
+    pub(super) fn copy_up_node(&self, node: &Node, with_data: bool) -> SysResult<()> {
+        let _locked = node.copy_up.lock().unwrap_or_else(|p| p.into_inner());
+        let state = node.state();
+        if state.branches.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if self.is_upper(&state.branches) {
+            return Ok(());
+        }
+        self.upper()?;
+        if node.is_dir() {
+            return self.ensure_upper_dir(&state.path);
+        }
+        self.ensure_upper_dir(&sys::cstring(&parent_of(state.path.to_bytes()))?)?;
+        let lower = state.branches[0].clone();
+        let found = Found { ino: node.ino, kind: node.kind, stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path: state.path, branches: state.branches };
+        self.copy_up_found(&found, with_data)?;
+        if node.kind == libc::S_IFREG && found.stat.st_nlink > 1 {
+            self.copy_up_aliases(&lower, &found)?;
+        }
+        Ok(())
+    }
+
+    /// Copy the object `found` (a directory: itself only) to `found.path` in the upper.
+    pub(super) fn copy_up_found(&self, found: &Found, with_data: bool) -> SysResult<()> {
+        let src = found.branches.first().ok_or(Errno::ENOENT)?;
+        if self.is_upper(&found.branches) {
+            return Ok(());
+        }
+        let (upper, work) = (self.upper()?, self.work()?);
+        let src_layer = self.stack.get(src.layer)?;
+        let st = src_layer.stat(&src.path)?;
+        let tmp = self.temp_name();
+        let result = self.build_copy(src_layer, &src.path, &st, &tmp, with_data).and_then(|()| {
+            if kind_of(&st) == libc::S_IFDIR {
+                // Reached through a redirect: the layers below know it under another path.
+                if src.path != found.path {
+                    let mut target = b"/".to_vec();
+                    target.extend_from_slice(src.path.to_bytes());
+                    self.set_work_xattr(&tmp, b"redirect", &target)?;
+                }
+            } else {
+                self.set_work_xattr(&tmp, ORIGIN_XATTR, found.ino.to_string().as_bytes())?;
+            }
+            sys::lutimensat(work.fd(), &tmp, sys::stat_times(&st))?;
+            let parent = sys::cstring(&parent_of(found.path.to_bytes()))?;
+            let parent_times = upper.stat(&parent).map(|p| sys::stat_times(&p));
+            sys::renameat2(work.fd(), &tmp, upper.fd(), &found.path, libc::RENAME_NOREPLACE)?;
+            if let Ok(times) = parent_times {
+                let _ = sys::lutimensat(upper.fd(), &parent, times);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.remove_work_tree(&tmp);
+            return Err(e);
+        }
+        let branch = Branch { layer: 0, path: found.path.clone(), xattr_whiteouts: false };
+        if let Some(node) = self.nodes.find(found.ino) {
+            node.update(|s| {
+                if found.kind == libc::S_IFDIR {
+                    if !s.branches.first().is_some_and(|b| b.layer == 0) {
+                        s.branches.insert(0, branch);
+                    }
+                } else {
+                    s.branches = vec![branch];
+                }
+                s.path = found.path.clone();
+            });
+        }
+        Ok(())
+    }
+
+    /// Build the copy of one object at `tmp` in the work directory, with owner, mode and xattrs.
+    fn build_copy(&self, src_layer: &Layer, src: &CStr, st: &libc::stat, tmp: &CStr, with_data: bool) -> SysResult<()> {
+        let work = self.work()?;
+        match kind_of(st) {
+            libc::S_IFDIR => sys::mkdirat(work.fd(), tmp, 0o700)?,
+            libc::S_IFREG => {
+                let out = sys::open_beneath_mode(work.fd(), tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                if with_data {
+                    let input = sys::open_beneath(src_layer.fd(), src, libc::O_RDONLY)?;
+                    copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                }
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(src_layer.fd(), src)?;
+                sys::symlinkat(&sys::cstring(&target)?, work.fd(), tmp)?;
+            }
+            kind => sys::mknodat(work.fd(), tmp, kind | 0o600, st.st_rdev)?,
+        }
+        self.copy_xattrs(src_layer, src, tmp)?;
+        sys::lchownat(work.fd(), tmp, st.st_uid, st.st_gid)?;
+        // After the chown, which clears set-uid/set-gid bits.
+        if kind_of(st) != libc::S_IFLNK {
+            sys::fchmodat(work.fd(), tmp, st.st_mode & 0o7777)?;
+        }
+        Ok(())
+    }
+
+    /// Every xattr but the overlay's own goes with the copy.
+    fn copy_xattrs(&self, src_layer: &Layer, src: &CStr, tmp: &CStr) -> SysResult<()> {
+        let from = sys::fd_relative_path(src_layer.fd(), src.to_bytes())?;
+        let to = sys::fd_relative_path(self.work()?.fd(), tmp.to_bytes())?;
+        let names = match sys::llistxattr(&from) {
+            Ok(n) => n,
+            Err(Errno::ENOTSUP) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && !is_private_xattr(n)) {
+            let cname = sys::cstring(name)?;
+            let Ok(value) = sys::lgetxattr(&from, &cname) else { continue };
+            match sys::lsetxattr(&to, &cname, &value) {
+                Ok(()) => {}
+                // Some namespaces cannot be set on some objects (user.* on a symlink) or by us.
+                Err(Errno::ENOTSUP) | Err(Errno::EPERM) => tracing::debug!("copy-up: xattr {:?} not copied", String::from_utf8_lossy(name)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hard links survive copy-up: the other visible names of a lower file are linked to its
+    /// upper copy at once, so the upper holds one file under all of them (as overlayfs' index
+    /// gives, but in a form any overlayfs can mount).
+    fn copy_up_aliases(&self, lower: &Branch, found: &Found) -> SysResult<()> {
+        let layer = self.stack.get(lower.layer)?;
+        if layer.role != Role::Lower {
+            return Ok(());
+        }
+        let real = layer.stat(&lower.path)?;
+        let map = self.alias_map(lower.layer)?;
+        let Some(paths) = map.get(&real.st_ino) else { return Ok(()) };
+        let upper = self.upper()?;
+        for alias in paths.iter().filter(|p| p.as_slice() != lower.path.to_bytes()) {
+            // Only a name that still shows this very file in the merged view.
+            let Ok(f) = self.resolve(alias) else { continue };
+            if f.ino != found.ino || self.is_upper(&f.branches) {
+                continue;
+            }
+            self.ensure_upper_dir(&sys::cstring(&parent_of(&f.path.to_bytes()))?)?;
+            match sys::linkat(upper.fd(), &found.path, upper.fd(), &f.path) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The hard-link map of a lower layer, built on first need by one walk of the layer.
+    fn alias_map(&self, layer_index: u16) -> SysResult<Arc<AliasMap>> {
+        let mut cache = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(&layer_index) {
+            return Ok(m.clone());
+        }
+        let layer = self.stack.get(layer_index)?;
+        let mut map = AliasMap::new();
+        collect_links(layer, b".", &mut map);
+        map.retain(|_, v| v.len() > 1);
+        let map = Arc::new(map);
+        cache.insert(layer_index, map.clone());
+        Ok(map)
+    }
+}
+
+fn collect_links(layer: &Layer, dir: &[u8], map: &mut AliasMap) {
+    let Ok(entries) = layer.read_dir(dir) else { return };
+    for (name, kind, ino) in entries {
+        let rel = join(dir, &name);
+        match kind {
+            libc::S_IFDIR => collect_links(layer, &rel, map),
+            libc::S_IFREG => {
+                let nlink = sys::cstring(&rel).ok().and_then(|c| layer.stat(&c).ok()).map_or(1, |s| s.st_nlink);
+                if nlink > 1 {
+                    map.entry(ino).or_default().push(rel);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Copy `size` bytes, keeping holes: only the data extents are copied (SEEK_DATA/SEEK_HOLE),
+/// with copy_file_range (a reflink where the filesystem shares extents), falling back to
+/// read/write across filesystems that cannot.
+pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    let size = size as i64;
+    let mut offset = 0i64;
+    while offset < size {
+        let data = match sys::lseek(input, offset, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(Errno(libc::ENXIO)) => break,
+            // No hole support: the whole rest is data.
+            Err(Errno::EINVAL) => offset,
+            Err(e) => return Err(e),
+        };
+        let hole = sys::lseek(input, data, libc::SEEK_HOLE).unwrap_or(size).min(size);
+        copy_range(input, out, data, hole - data)?;
+        offset = hole;
+    }
+    sys::ftruncate(out, size as u64)
+}
+
+fn copy_range(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: i64, len: i64) -> SysResult<()> {
+    let (mut off_in, mut off_out, mut left) = (start, start, len);
+    while left > 0 {
+        let chunk = left.min(1 << 30) as usize;
+        match sys::copy_file_range(input, &mut off_in, out, &mut off_out, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => left -= n as i64,
+            Err(Errno::EXDEV) | Err(Errno::EINVAL) | Err(Errno(libc::ENOSYS)) | Err(Errno(libc::EOPNOTSUPP)) => {
+                return copy_by_reading(input, out, off_in, left);
+            }
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_reading(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: i64, len: i64) -> SysResult<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut off, end) = (start, start + len);
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let n = sys::pread(input, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut written = 0;
+        while written < n {
+            written += sys::pwrite(out, &buf[written..n], off + written as i64)?;
+        }
+        off += n as i64;
+    }
+    Ok(())
+}
