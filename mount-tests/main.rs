@@ -4,5 +4,6 @@
 
 mod chroot;
 mod cli;
+mod differential;
 mod merged_view;
 mod util;

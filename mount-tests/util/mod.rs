@@ -18,25 +18,38 @@ pub fn shalefs_bin() -> &'static str {
 }
 
 /// A directory under /tmp removed (after unmounting anything left below it) when dropped.
+/// With `SHALEFS_KEEP_TEST_DIRS=1`, a failing test's directory is kept for a post-mortem.
 pub struct TestDir {
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
 }
 
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
         let dir = tempfile::Builder::new().prefix(&format!("shalefs-{name}-")).tempdir().expect("create temp dir");
-        TestDir { dir }
+        let path = dir.path().to_path_buf();
+        TestDir { dir: Some(dir), path }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// A new empty subdirectory.
     pub fn mkdir(&self, name: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
+        let p = self.path.join(name);
         std::fs::create_dir_all(&p).expect("create dir");
         p
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("SHALEFS_KEEP_TEST_DIRS").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("keeping {}", d.keep().display());
+            }
+        }
     }
 }
 

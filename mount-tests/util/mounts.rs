@@ -34,9 +34,12 @@ impl ShaleMount {
     pub fn foreground(args: &[OsString], mnt: &Path) -> Result<ShaleMount, String> {
         let log = mnt.with_extension("log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let level = std::env::var("SHALEFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         let child = Command::new(shalefs_bin())
             .arg("mount")
             .arg("-f")
+            .arg("--log-level")
+            .arg(level)
             .args(args)
             .arg(mnt)
             .stdin(Stdio::null())
@@ -93,6 +96,14 @@ impl ShaleMount {
 
 impl Drop for ShaleMount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(400).collect();
+            eprintln!("--- shalefs log (last lines) for {}:", self.mnt.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         umount(&self.mnt);
         if self.wait_exit(Duration::from_secs(10)).is_none() {
             if let Some(child) = self.child.as_mut() {

@@ -84,14 +84,36 @@ impl Union {
         if node.is_dir() {
             return self.ensure_upper_dir(&state.path);
         }
-        self.ensure_upper_dir(&sys::cstring(&parent_of(state.path.to_bytes()))?)?;
         let lower = state.branches[0].clone();
-        let found = Found { ino: node.ino, kind: node.kind, stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path: state.path, branches: state.branches };
+        let path = self.visible_name(node, &state.path, &lower)?;
+        self.ensure_upper_dir(&sys::cstring(&parent_of(path.to_bytes()))?)?;
+        let found = Found { ino: node.ino, kind: node.kind, stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path, branches: state.branches };
         self.copy_up_found(&found, with_data)?;
         if node.kind == libc::S_IFREG && found.stat.st_nlink > 1 {
             self.copy_up_aliases(&lower, &found)?;
         }
         Ok(())
+    }
+
+    /// Where the merged view shows this node now: its last known name, or — a hard-linked file
+    /// whose name was removed — another name of the same lower file.
+    fn visible_name(&self, node: &Node, path: &CStr, lower: &Branch) -> SysResult<std::ffi::CString> {
+        if self.resolve(path.to_bytes()).is_ok_and(|f| f.ino == node.ino) {
+            return Ok(path.to_owned());
+        }
+        let layer = self.stack.get(lower.layer)?;
+        let real = layer.stat(&lower.path)?;
+        if node.kind == libc::S_IFREG && real.st_nlink > 1 && layer.role == Role::Lower {
+            let map = self.alias_map(lower.layer)?;
+            for alias in map.get(&real.st_ino).into_iter().flatten() {
+                if let Ok(f) = self.resolve(alias) {
+                    if f.ino == node.ino {
+                        return Ok(f.path);
+                    }
+                }
+            }
+        }
+        Err(Errno::ENOENT)
     }
 
     /// Copy the object `found` (a directory: itself only) to `found.path` in the upper.

@@ -198,7 +198,8 @@ impl Union {
             self.remove_upper_entry(&found, dir, needs_whiteout, live.as_deref())?;
         } else {
             self.whiteout_upper(&found.path)?;
-            if let Some(n) = &live {
+            // A file with other names lives on through them; its lower branch stays valid.
+            if let Some(n) = live.filter(|_| dir || found.stat.st_nlink <= 1) {
                 n.update(|s| s.branches.clear());
             }
         }
@@ -234,17 +235,45 @@ impl Union {
             }
             return Ok(());
         }
+        let real_ino = upper.stat(&found.path)?.st_ino;
         if needs_whiteout {
             self.whiteout_upper(&found.path)?;
         } else {
             sys::unlinkat(upper.fd(), &found.path, 0)?;
         }
         if let Some(n) = live {
-            if found.stat.st_nlink <= 1 {
-                n.update(|s| s.branches.clear());
-            }
+            let other_name = if found.stat.st_nlink > 1 { self.upper_name_of(real_ino) } else { None };
+            n.update(|s| match other_name {
+                // The node knew the file by the name just removed: move it to one that is left.
+                Some(other) if s.path == found.path => {
+                    s.branches = vec![Branch { layer: 0, path: other.clone(), xattr_whiteouts: false }];
+                    s.path = other;
+                }
+                Some(_) => {}
+                None => s.branches.clear(),
+            });
         }
         Ok(())
+    }
+
+    /// Another name in the upper of the file with real inode `ino` (the upper is searched: this
+    /// is needed only when a name of a hard-linked file the kernel holds is removed).
+    fn upper_name_of(&self, ino: u64) -> Option<CString> {
+        fn walk(layer: &super::layer::Layer, dir: &[u8], ino: u64) -> Option<Vec<u8>> {
+            for (name, kind, d_ino) in layer.read_dir(dir).ok()? {
+                let rel = join(dir, &name);
+                if kind == libc::S_IFREG && d_ino == ino {
+                    return Some(rel);
+                }
+                if kind == libc::S_IFDIR {
+                    if let Some(found) = walk(layer, &rel, ino) {
+                        return Some(found);
+                    }
+                }
+            }
+            None
+        }
+        walk(self.upper().ok()?, b".", ino).and_then(|p| CString::new(p).ok())
     }
 
     /// The entries of a directory found by lookup, as readdir shows them.
@@ -315,7 +344,7 @@ impl Union {
                     n.update(|s| s.branches.clear());
                 }
             }
-            self.move_in_upper(&src.path, &new_path, src_lower_shows)?;
+            self.move_in_upper(&src.path, &new_path, src_lower_shows, src.kind == libc::S_IFDIR)?;
         }
         self.renamed(&src.path, &new_path, exchange);
         if let Some(n) = self.nodes.find(src.ino) {
@@ -357,8 +386,18 @@ impl Union {
     }
 
     /// Rename inside the upper, leaving a whiteout at the old name if a lower shows it there.
-    fn move_in_upper(&self, from: &CStr, to: &CStr, whiteout: bool) -> SysResult<()> {
+    fn move_in_upper(&self, from: &CStr, to: &CStr, whiteout: bool, is_dir: bool) -> SysResult<()> {
         let upper = self.upper()?;
+        // Whatever the upper still has at the target is a whiteout (a real entry was removed
+        // already). A directory cannot replace it by rename: swap the two instead, which puts
+        // the whiteout at the old name, where it is wanted or removed.
+        if is_dir && upper.stat(to).is_ok() {
+            sys::renameat2(upper.fd(), from, upper.fd(), to, libc::RENAME_EXCHANGE)?;
+            if !whiteout {
+                sys::unlinkat(upper.fd(), from, 0)?;
+            }
+            return Ok(());
+        }
         if whiteout {
             match sys::renameat2(upper.fd(), from, upper.fd(), to, libc::RENAME_WHITEOUT) {
                 Ok(()) => return Ok(()),

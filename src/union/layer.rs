@@ -126,6 +126,31 @@ impl Layer {
         sys::cstring(&wh).is_ok_and(|c| self.stat(&c).is_ok())
     }
 
+    /// Walk `dir` from this layer's root one component at a time, as overlayfs follows a
+    /// redirect.
+    pub fn walk_dir_path(&self, dir: &[u8]) -> PathWalk {
+        let mut prefix: Vec<u8> = b".".to_vec();
+        let mut opaque_on_way = false;
+        for part in dir.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            let parent_marks = self.dir_marks(&prefix);
+            let next = join(&prefix, part);
+            if self.has_oci_whiteout(&prefix, part) {
+                return PathWalk::Blocked;
+            }
+            let Ok(c) = sys::cstring(&next) else { return PathWalk::Blocked };
+            let st = match self.stat(&c) {
+                Ok(st) => st,
+                Err(_) => return PathWalk::Missing,
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR || self.is_whiteout(&c, &st, parent_marks) {
+                return PathWalk::Blocked;
+            }
+            opaque_on_way |= self.dir_marks(&next).opaque;
+            prefix = next;
+        }
+        PathWalk::Dir { opaque_on_way }
+    }
+
     /// The raw entries of a directory of this layer: name, d_type as S_IFMT bits (0 if the
     /// filesystem does not say), d_ino.
     pub fn read_dir(&self, dir_rel: &[u8]) -> SysResult<Vec<(Vec<u8>, u32, u64)>> {
@@ -164,6 +189,17 @@ fn file_type_bits(t: std::fs::FileType) -> u32 {
     } else {
         0
     }
+}
+
+/// What a walk down a path in one layer met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathWalk {
+    /// A component is missing: this layer has nothing there; look further down.
+    Missing,
+    /// A non-directory or whiteout on the way: nothing there, here or below.
+    Blocked,
+    /// All directories; one of them opaque means nothing below this layer shows.
+    Dir { opaque_on_way: bool },
 }
 
 /// `dir/name` for paths relative to a layer root, where the root itself is `.`.

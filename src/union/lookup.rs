@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
-use super::layer::{Role, join, join_c};
+use super::layer::{PathWalk, Role, join, join_c};
 use super::node::Branch;
 use super::whiteout::DirMarks;
 
@@ -52,6 +52,8 @@ struct Candidate {
     dir: Vec<u8>,
     name: Vec<u8>,
     xattr_whiteouts: bool,
+    /// The directory comes from a redirect, not from a lookup: its components are unchecked.
+    redirected: bool,
 }
 
 /// Where the layers below a directory with `overlay.redirect` look for it (overlayfs'
@@ -79,7 +81,13 @@ impl Union {
         check_name(name)?;
         let mut queue: std::collections::VecDeque<Candidate> = parent
             .iter()
-            .map(|b| Candidate { layer: b.layer, dir: b.path.to_bytes().to_vec(), name: name.to_vec(), xattr_whiteouts: b.xattr_whiteouts })
+            .map(|b| Candidate {
+                layer: b.layer,
+                dir: b.path.to_bytes().to_vec(),
+                name: name.to_vec(),
+                xattr_whiteouts: b.xattr_whiteouts,
+                redirected: false,
+            })
             .collect();
         let mut branches: Vec<Branch> = Vec::new();
         let mut top: Option<libc::stat> = None;
@@ -90,6 +98,18 @@ impl Union {
 
         while let Some(c) = queue.pop_front() {
             let layer = self.stack.get(c.layer)?;
+            // A redirect is followed one component at a time from the layer root, as overlayfs
+            // does: through directories only, never a symlink (which could lead out of the
+            // layer). A non-directory or whiteout on the way hides the path here and in every
+            // layer below; an opaque directory on the way, in every layer below.
+            let mut last_layer = false;
+            if c.redirected {
+                match layer.walk_dir_path(&c.dir) {
+                    PathWalk::Missing => continue,
+                    PathWalk::Blocked => break,
+                    PathWalk::Dir { opaque_on_way } => last_layer = opaque_on_way,
+                }
+            }
             let rel = sys::cstring(&join(&c.dir, &c.name))?;
             let st = match layer.stat(&rel) {
                 Ok(st) => st,
@@ -117,7 +137,7 @@ impl Union {
                 break;
             }
             let marks = layer.dir_marks(rel.to_bytes());
-            let ends_merge = marks.opaque || layer.has_oci_whiteout(&c.dir, &c.name);
+            let ends_merge = marks.opaque || last_layer || layer.has_oci_whiteout(&c.dir, &c.name);
             identity = (st.st_dev, st.st_ino);
             if top.is_none() {
                 top = Some(st);
@@ -130,7 +150,13 @@ impl Union {
             // A moved directory: the layers below hold it under its old path.
             if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
                 queue = ((c.layer as usize + 1)..self.stack.len())
-                    .map(|l| Candidate { layer: l as u16, dir: dir.clone(), name: name.clone(), xattr_whiteouts: false })
+                    .map(|l| Candidate {
+                        layer: l as u16,
+                        dir: dir.clone(),
+                        name: name.clone(),
+                        xattr_whiteouts: false,
+                        redirected: true,
+                    })
                     .collect();
             }
         }
