@@ -6,7 +6,9 @@ use fuser::{Errno as FuseErrno, FileAttr, FileType, INodeNo, ReplyXattr};
 
 use crate::sys::Errno;
 
+/// The errno for a reply; each error is logged at debug level, after the request fuser logged.
 pub fn errno(e: Errno) -> FuseErrno {
+    tracing::debug!("reply error: {e}");
     FuseErrno::from_i32(e.0)
 }
 

@@ -227,10 +227,19 @@ impl Union {
         let map = self.alias_map(lower.layer)?;
         let Some(paths) = map.get(&real.st_ino) else { return Ok(()) };
         let upper = self.upper()?;
+        let moved = self.upper_redirects();
         for alias in paths.iter().filter(|p| p.as_slice() != lower.path.to_bytes()) {
-            // Only a name that still shows this very file in the merged view.
-            let Ok(f) = self.resolve(alias) else { continue };
-            if f.ino != found.ino || self.is_upper(&f.branches) {
+            // Only a name that still shows this very file in the merged view: the lower path
+            // itself, or where a moved (redirected) directory shows it now.
+            let mut shown_at = vec![alias.clone()];
+            shown_at.extend(moved.iter().filter_map(|(merged, target)| {
+                let rest = alias.strip_prefix(target.as_slice())?.strip_prefix(b"/")?;
+                Some(join(merged, rest))
+            }));
+            let Some(f) = shown_at.iter().filter_map(|m| self.resolve(m).ok()).find(|f| f.ino == found.ino) else {
+                continue;
+            };
+            if self.is_upper(&f.branches) {
                 continue;
             }
             self.ensure_upper_dir(&sys::cstring(&parent_of(&f.path.to_bytes()))?)?;
@@ -240,6 +249,30 @@ impl Union {
             }
         }
         Ok(())
+    }
+
+    /// The moved directories of the upper: (merged path, the lower path its redirect names).
+    fn upper_redirects(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fn walk(u: &Union, layer: &Layer, dir: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+            let Ok(entries) = layer.read_dir(dir) else { return };
+            for (name, kind, _) in entries {
+                if kind != libc::S_IFDIR {
+                    continue;
+                }
+                let rel = join(dir, &name);
+                if let Some(r) = sys::cstring(&rel).ok().and_then(|c| layer.overlay_xattr(&c, b"redirect")) {
+                    if let Some((d, n)) = super::lookup::redirect_target(dir, &r) {
+                        out.push((rel.clone(), join(&d, &n)));
+                    }
+                }
+                walk(u, layer, &rel, out);
+            }
+        }
+        let mut out = Vec::new();
+        if let Ok(upper) = self.upper() {
+            walk(self, upper, b".", &mut out);
+        }
+        out
     }
 
     /// The hard-link map of a lower layer, built on first need by one walk of the layer.

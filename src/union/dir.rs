@@ -198,12 +198,19 @@ impl Union {
             self.remove_upper_entry(&found, dir, needs_whiteout, live.as_deref())?;
         } else {
             self.whiteout_upper(&found.path)?;
-            // A file with other names lives on through them; its lower branch stays valid.
-            if let Some(n) = live.filter(|_| dir || found.stat.st_nlink <= 1) {
+            self.name_gone_from_lower(&found);
+        }
+        Ok(())
+    }
+
+    /// A lower object lost a name. The kernel's node for it is gone with it — unless it is a
+    /// file with other names, which lives on through them (its lower branch stays valid).
+    fn name_gone_from_lower(&self, found: &Found) {
+        if let Some(n) = self.nodes.find(found.ino) {
+            if found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
                 n.update(|s| s.branches.clear());
             }
         }
-        Ok(())
     }
 
     /// Take an upper entry out of the tree, leaving a whiteout if a lower name would show.
@@ -340,8 +347,8 @@ impl Union {
             if let Some(d) = &dst {
                 if self.is_upper(&d.branches) {
                     self.remove_upper_entry(d, d.kind == libc::S_IFDIR, false, self.nodes.find(d.ino).as_deref())?;
-                } else if let Some(n) = self.nodes.find(d.ino) {
-                    n.update(|s| s.branches.clear());
+                } else {
+                    self.name_gone_from_lower(d);
                 }
             }
             self.move_in_upper(&src.path, &new_path, src_lower_shows, src.kind == libc::S_IFDIR)?;

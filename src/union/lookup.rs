@@ -114,7 +114,7 @@ impl Union {
             let st = match layer.stat(&rel) {
                 Ok(st) => st,
                 Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => {
-                    if layer.has_oci_whiteout(&c.dir, &c.name) {
+                    if last_layer || layer.has_oci_whiteout(&c.dir, &c.name) {
                         break;
                     }
                     continue;
