@@ -6,4 +6,5 @@ mod chroot;
 mod cli;
 mod differential;
 mod merged_view;
+mod write_path;
 mod util;

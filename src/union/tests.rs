@@ -56,11 +56,14 @@ impl Layers {
         Union::new(LayerStack::new(None, lowers).expect("stack")).expect("union")
     }
 
-    /// Layer 0 as the upper, the rest as lowers.
+    /// Layer 0 as the upper (with a work dir beside it), the rest as lowers.
     fn union_with_upper(&self) -> Union {
         let upper = Layer::open(&self.roots[0], Role::Upper, Formats::UPPER_TRUSTED).expect("upper");
+        let work_dir = self._dir.path().join("work");
+        std::fs::create_dir_all(&work_dir).expect("work");
+        let work = Layer::open(&work_dir, Role::Work, Formats::UPPER_TRUSTED).expect("work");
         let lowers = self.roots[1..].iter().map(|r| Layer::open(r, Role::Lower, Formats::LOWER).expect("layer")).collect();
-        Union::new(LayerStack::new(Some(upper), lowers).expect("stack")).expect("union")
+        Union::new(LayerStack::with_work(Some(upper), Some(work), lowers).expect("stack")).expect("union")
     }
 }
 
@@ -213,6 +216,27 @@ fn forgotten_nodes_leave_the_table() {
     assert_eq!(u.live_nodes(), before + 1);
     u.forget(ino, 2);
     assert_eq!(u.live_nodes(), before);
+}
+
+#[test]
+fn writes_land_in_the_upper_with_whiteouts_for_lower_names() {
+    let l = Layers::new(2);
+    l.file(1, "d/x", "lower").file(1, "d/y", "lower y");
+    let u = l.union_with_upper();
+    let caller = super::dir::Caller { uid: 0, gid: 0 };
+    let d = resolve(&u, "d");
+    u.unlink(d, b"x").expect("unlink");
+    assert!(!exists(&u, "d/x"));
+    let wh = std::fs::symlink_metadata(l.roots[0].join("d/x")).expect("whiteout in the upper");
+    assert!(super::whiteout::is_whiteout_device(std::os::unix::fs::MetadataExt::mode(&wh), std::os::unix::fs::MetadataExt::rdev(&wh)));
+    let (_, fh) = u.create(d, b"x", 0o644, libc::O_WRONLY, caller).expect("create over the whiteout");
+    u.write(fh, 0, b"new").expect("write");
+    u.release(fh);
+    assert_eq!(read(&u, "d/x"), "new");
+    u.rename(d, b"y", ROOT_INO, b"moved", 0).expect("rename a lower file");
+    assert_eq!(read(&u, "moved"), "lower y");
+    assert!(!exists(&u, "d/y"));
+    assert_eq!(names(&u, "d"), ["x"]);
 }
 
 #[test]

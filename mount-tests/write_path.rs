@@ -1,0 +1,349 @@
+//! The write path, one rule per test: copy-up keeps data and metadata, whiteouts and opaque
+//! directories are written in overlayfs format, open files survive copy-up and unlink, inode
+//! numbers stay, and kernel overlayfs can mount the upper shalefs wrote.
+
+use std::ffi::OsString;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::tree::xattrs;
+use crate::util::{Encoding, KernelOverlay, LayerSpec, ShaleMount, TestDir, Tree, run_ok};
+
+/// A lower layer, an empty upper and work dir, and a shalefs mount over them.
+struct Rw {
+    dir: TestDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Rw {
+    fn new(name: &str, lower: LayerSpec) -> Rw {
+        let dir = TestDir::new(name);
+        let l = dir.path().join("lower");
+        lower.build(&l, Encoding::Overlay);
+        let (upper, work, mnt) = (dir.mkdir("upper"), dir.mkdir("work"), dir.mkdir("mnt"));
+        Rw { dir, lower: l, upper, work, mnt }
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        vec![
+            "-o".into(),
+            format!("lowerdir={},upperdir={},workdir={}", self.lower.display(), self.upper.display(), self.work.display()).into(),
+        ]
+    }
+
+    fn mount(&self) -> ShaleMount {
+        ShaleMount::foreground(&self.args(), &self.mnt).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Kernel overlayfs on the same lower and the upper shalefs wrote.
+    fn kernel_on_upper(&self) -> (KernelOverlay, PathBuf) {
+        let (kw, km) = (self.dir.mkdir("kwork"), self.dir.mkdir("kmnt"));
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on",
+            self.lower.display(),
+            self.upper.display(),
+            kw.display()
+        );
+        (KernelOverlay::mount(&opts, &km), km)
+    }
+}
+
+fn upper_kinds(upper: &Path) -> Vec<(String, u32, u64)> {
+    let mut out = Vec::new();
+    for e in walkdir(upper) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        out.push((e.strip_prefix(upper).unwrap().display().to_string(), m.mode() & libc::S_IFMT, m.rdev()));
+    }
+    out.sort();
+    out
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn copy_up_keeps_data_holes_owner_mode_times_and_xattrs() {
+    let rw = Rw::new("copyup-meta", LayerSpec::new().file("dir/f", "original").chown("dir/f", 1000, 1000).chmod("dir/f", 0o4750)
+        .xattr("dir/f", "user.note", "kept").chmod("dir", 0o711).chown("dir", 12, 34));
+    // A sparse file: 1 MiB of data at 64 MiB, a hole before it.
+    let sparse = rw.lower.join("sparse");
+    let mut f = std::fs::File::create(&sparse).unwrap();
+    f.seek(SeekFrom::Start(64 << 20)).unwrap();
+    f.write_all(&vec![7u8; 1 << 20]).unwrap();
+    drop(f);
+    run_ok(Command::new("touch").args(["-d", "@1500000000"]).arg(rw.lower.join("dir/f")).arg(rw.lower.join("dir")));
+    let _m = rw.mount();
+    let before = std::fs::metadata(rw.m("dir/f")).unwrap();
+    std::fs::OpenOptions::new().append(true).open(rw.m("dir/f")).unwrap().write_all(b"+more").unwrap();
+    assert_eq!(std::fs::read_to_string(rw.m("dir/f")).unwrap(), "original+more");
+    let up = std::fs::metadata(rw.upper.join("dir/f")).unwrap();
+    assert_eq!((up.uid(), up.gid(), up.mode() & 0o7777), (1000, 1000, 0o4750), "owner and set-uid mode survive");
+    assert_eq!(xattrs(&rw.upper.join("dir/f")).get(b"user.note".as_slice()).map(|v| v.as_slice()), Some(b"kept".as_slice()));
+    let d = std::fs::metadata(rw.upper.join("dir")).unwrap();
+    assert_eq!((d.uid(), d.gid(), d.mode() & 0o7777, d.mtime()), (12, 34, 0o711, 1500000000), "parent copied up with its metadata");
+    assert_eq!(std::fs::metadata(rw.m("dir/f")).unwrap().ino(), before.ino(), "st_ino stays across copy-up");
+    // Sparse: touching the file copies only its data extents.
+    std::fs::OpenOptions::new().write(true).open(rw.m("sparse")).unwrap().write_all(b"x").unwrap();
+    let s = std::fs::metadata(rw.upper.join("sparse")).unwrap();
+    assert_eq!(s.size(), (64 << 20) + (1 << 20));
+    assert!(s.blocks() * 512 < 8 << 20, "holes kept: {} bytes allocated", s.blocks() * 512);
+    assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none(), "work dir left empty");
+}
+
+#[test]
+fn open_files_survive_copy_up_and_unlink() {
+    let rw = Rw::new("openfiles", LayerSpec::new().file("f", "lower data").file("g", "g"));
+    let _m = rw.mount();
+    let mut reader = std::fs::File::open(rw.m("f")).unwrap();
+    std::fs::write(rw.m("f"), "upper data").unwrap();
+    let mut old = String::new();
+    reader.read_to_string(&mut old).unwrap();
+    assert_eq!(old, "lower data", "a file open before copy-up keeps reading what it opened");
+    assert_eq!(std::fs::read_to_string(rw.m("f")).unwrap(), "upper data", "new opens see the copy");
+
+    let mut w = std::fs::OpenOptions::new().read(true).write(true).open(rw.m("g")).unwrap();
+    std::fs::remove_file(rw.m("g")).unwrap();
+    assert!(!rw.m("g").exists());
+    w.write_all(b"still writable").unwrap();
+    w.set_len(5).unwrap();
+    w.set_permissions(std::fs::Permissions::from_mode(0o600)).unwrap();
+    let meta = w.metadata().unwrap();
+    assert_eq!((meta.len(), meta.mode() & 0o777), (5, 0o600));
+    let mut s = String::new();
+    w.seek(SeekFrom::Start(0)).unwrap();
+    w.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still");
+    drop(w);
+    assert_eq!(upper_kinds(&rw.upper), vec![("f".into(), libc::S_IFREG, 0), ("g".into(), libc::S_IFCHR, 0)]);
+}
+
+#[test]
+fn whiteouts_opaque_dirs_and_recreation_follow_overlayfs() {
+    let rw = Rw::new("whiteouts", LayerSpec::new().file("d/x", "x").file("d/y", "y").file("f", "f").file("tree/a/b/c", "deep"));
+    {
+        let _m = rw.mount();
+        std::fs::remove_file(rw.m("f")).unwrap();
+        std::fs::write(rw.m("f"), "again").unwrap();
+        std::fs::remove_file(rw.m("f")).unwrap();
+        assert!(!rw.m("f").exists(), "deleted, re-created, deleted: stays deleted");
+        assert_eq!(std::fs::remove_dir(rw.m("d")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+        std::fs::remove_file(rw.m("d/x")).unwrap();
+        std::fs::remove_file(rw.m("d/y")).unwrap();
+        std::fs::remove_dir(rw.m("d")).unwrap();
+        std::fs::create_dir(rw.m("d")).unwrap();
+        assert!(std::fs::read_dir(rw.m("d")).unwrap().next().is_none(), "mkdir over a whiteout is opaque");
+        run_ok(Command::new("rm").arg("-rf").arg(rw.m("tree")));
+        std::fs::write(rw.m("d/.wh.x"), "a user's file").unwrap();
+        assert_eq!(std::fs::read_to_string(rw.m("d/.wh.x")).unwrap(), "a user's file");
+    }
+    let kinds = upper_kinds(&rw.upper);
+    assert!(kinds.contains(&("f".into(), libc::S_IFCHR, 0)));
+    assert!(kinds.contains(&("tree".into(), libc::S_IFCHR, 0)), "rm -rf of a lower tree leaves one whiteout: {kinds:?}");
+    assert!(!kinds.iter().any(|(p, _, _)| p.starts_with("tree/")), "no copies of deleted data: {kinds:?}");
+    assert_eq!(xattrs(&rw.upper.join("d")).get(b"trusted.overlay.opaque".as_slice()).map(|v| v.as_slice()), Some(b"y".as_slice()));
+    let (_k, km) = rw.kernel_on_upper();
+    assert!(!km.join("f").exists() && !km.join("tree").exists());
+    assert_eq!(std::fs::read_to_string(km.join("d/.wh.x")).unwrap(), "a user's file");
+}
+
+#[test]
+fn hard_links_stay_one_file_through_copy_up_and_remount() {
+    let rw = Rw::new("hardlinks", LayerSpec::new().file("a/one", "shared").hardlink("a/one", "b/two").hardlink("a/one", "three"));
+    let ino = {
+        let _m = rw.mount();
+        let ino = std::fs::metadata(rw.m("a/one")).unwrap().ino();
+        std::fs::OpenOptions::new().append(true).open(rw.m("b/two")).unwrap().write_all(b"+").unwrap();
+        for p in ["a/one", "b/two", "three"] {
+            let m = std::fs::metadata(rw.m(p)).unwrap();
+            assert_eq!((m.ino(), m.nlink()), (ino, 3), "{p}");
+            assert_eq!(std::fs::read_to_string(rw.m(p)).unwrap(), "shared+", "{p}");
+        }
+        std::fs::hard_link(rw.m("three"), rw.m("four")).unwrap();
+        assert_eq!(std::fs::metadata(rw.m("four")).unwrap().nlink(), 4);
+        ino
+    };
+    {
+        let _m = rw.mount();
+        assert_eq!(std::fs::metadata(rw.m("three")).unwrap().ino(), ino, "st_ino stays across remount");
+    }
+    let (_k, km) = rw.kernel_on_upper();
+    for p in ["a/one", "b/two", "three", "four"] {
+        assert_eq!(std::fs::read_to_string(km.join(p)).unwrap(), "shared+", "kernel overlayfs sees {p}");
+    }
+}
+
+#[test]
+fn directory_renames_are_recorded_as_redirects() {
+    let rw = Rw::new("dirrename", LayerSpec::new().file("src/sub/file", "content").file("src/top", "t"));
+    {
+        let _m = rw.mount();
+        std::fs::rename(rw.m("src"), rw.m("dst")).unwrap();
+        std::fs::rename(rw.m("dst/sub"), rw.m("moved")).unwrap();
+        assert!(!rw.m("src").exists());
+        assert_eq!(std::fs::read_to_string(rw.m("moved/file")).unwrap(), "content");
+        assert_eq!(std::fs::read_to_string(rw.m("dst/top")).unwrap(), "t");
+    }
+    let _m = rw.mount();
+    let ours = Tree::walk(&rw.mnt);
+    let (_k, km) = rw.kernel_on_upper();
+    crate::util::tree::assert_same_content(&Tree::walk(&km), &ours);
+    assert!(ours.entries.contains_key(b"moved/file".as_slice()));
+}
+
+#[test]
+fn umask_and_setgid_directories_are_honoured() {
+    let rw = Rw::new("umask", LayerSpec::new().dir("shared").chmod("shared", 0o2775).chown("shared", 0, 50));
+    let _m = rw.mount();
+    let out = run_ok(Command::new("sh").arg("-c").arg(format!(
+        "umask 027 && touch {0}/f && mkdir {0}/d && touch {0}/shared/g && stat -c '%a %g' {0}/f {0}/d {0}/shared/g",
+        rw.mnt.display()
+    )));
+    assert_eq!(out, "640 0\n750 0\n640 50\n");
+}
+
+#[test]
+fn copy_up_of_a_large_file_does_not_stall_other_files() {
+    let rw = Rw::new("stall", LayerSpec::new().file("small", "small"));
+    let big = rw.lower.join("big");
+    let f = std::fs::File::create(&big).unwrap();
+    // Real blocks (not a hole), so the copy has to move them.
+    f.set_len(0).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut w = std::io::BufWriter::new(f);
+    for _ in 0..768 {
+        w.write_all(&chunk).unwrap();
+    }
+    drop(w);
+    let _m = rw.mount();
+    let small = rw.m("small");
+    let big_path = rw.m("big");
+    let started = Instant::now();
+    let copier = std::thread::spawn(move || {
+        std::fs::OpenOptions::new().append(true).open(&big_path).unwrap().write_all(b"!").unwrap();
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let mut others = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        assert_eq!(std::fs::read_to_string(&small).unwrap(), "small");
+        std::fs::write(rw.m(&format!("new{i}")), "n").unwrap();
+        others.push(t.elapsed());
+    }
+    let others_done = started.elapsed();
+    let copy_time = copier.join().unwrap();
+    // Only meaningful when the copy took a while: then the other files were served meanwhile.
+    if copy_time > Duration::from_millis(300) {
+        assert!(others_done < copy_time, "other files waited for the copy-up: {others_done:?} vs {copy_time:?}");
+    }
+    assert_eq!(std::fs::metadata(rw.m("big")).unwrap().len(), (768 << 20) + 1);
+}
+
+#[test]
+fn killed_during_copy_up_leaves_old_or_new_state_and_a_clean_work_dir() {
+    let rw = Rw::new("crash", LayerSpec::new().file("keep", "k"));
+    let big = rw.lower.join("big");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..1024 {
+        w.write_all(&chunk).unwrap();
+    }
+    drop(w);
+    let m = rw.mount();
+    let pid = m.pid().expect("pid") as i32;
+    let big_path = rw.m("big");
+    // The copy-up starts with this open; the writer blocks until the daemon dies.
+    let writer = std::thread::spawn(move || {
+        let _ = std::fs::OpenOptions::new().append(true).custom_flags(0).open(&big_path).map(|mut f| f.write_all(b"!"));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(rw.work.join("shalefs")).map(|mut d| d.next().is_none()).unwrap_or(true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: killing the daemon this test started, by its PID.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    drop(m);
+    let _ = writer.join();
+    let upper_big = rw.upper.join("big");
+    if let Ok(meta) = std::fs::metadata(&upper_big) {
+        assert!(meta.len() == 1 << 30 || meta.len() == (1 << 30) + 1, "torn copy visible: {} bytes", meta.len());
+    }
+    let _m = rw.mount();
+    assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none(), "work dir cleaned at mount");
+    let len = std::fs::metadata(rw.m("big")).unwrap().len();
+    assert!(len == 1 << 30 || len == (1 << 30) + 1);
+    assert_eq!(std::fs::read_to_string(rw.m("keep")).unwrap(), "k");
+}
+
+#[test]
+fn busybox_in_a_chroot_changes_the_tree_as_under_kernel_overlayfs() {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect("busybox-static");
+    let mut spec = LayerSpec::new().file("etc/motd", "hello\n").file("etc/old.conf", "old\n").file("var/lib/data/1", "1").file("var/lib/data/2", "2");
+    for applet in ["sh", "mv", "rm", "mkdir", "cp", "ln", "echo", "cat", "chmod", "sed", "tar", "touch"] {
+        spec = spec.symlink(format!("bin/{applet}"), "busybox");
+    }
+    let rw = Rw::new("chroot-rw", spec);
+    std::fs::copy(busybox, rw.lower.join("bin/busybox")).unwrap();
+    let script = "set -e; echo appended >> /etc/motd; mv /etc/old.conf /etc/new.conf; rm -rf /var/lib/data; \
+        mkdir -p /opt/app && cd /opt/app && echo one > a && ln a b && cp a c && chmod 700 c; \
+        sed -i s/hello/bye/ /etc/motd; mv /opt/app /opt/renamed; tar -cf /opt/etc.tar /etc; cat /etc/motd";
+    let out = {
+        let _m = rw.mount();
+        run_ok(Command::new("chroot").arg(&rw.mnt).args(["/bin/sh", "-c", script]))
+    };
+    assert_eq!(out, "bye\nappended\n");
+    let _m = rw.mount();
+    let ours = Tree::walk(&rw.mnt);
+    let (_k, km) = rw.kernel_on_upper();
+    crate::util::tree::assert_same_content(&Tree::walk(&km), &ours);
+    assert!(ours.entries.contains_key(b"opt/renamed/b".as_slice()) && !ours.entries.contains_key(b"var/lib/data".as_slice()));
+}
+
+#[test]
+fn killed_during_a_rename_leaves_exactly_one_name() {
+    let rw = Rw::new("crash-rename", LayerSpec::new().file("keep", "k"));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(rw.lower.join("big")).unwrap());
+    let chunk = vec![0x3cu8; 1 << 20];
+    for _ in 0..1024 {
+        w.write_all(&chunk).unwrap();
+    }
+    drop(w);
+    let m = rw.mount();
+    let pid = m.pid().expect("pid") as i32;
+    let (from, to) = (rw.m("big"), rw.m("renamed"));
+    // Renaming a lower file copies it up first; the daemon dies in the middle.
+    let mover = std::thread::spawn(move || std::fs::rename(from, to));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(rw.work.join("shalefs")).map(|mut d| d.next().is_none()).unwrap_or(true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: killing the daemon this test started, by its PID.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    drop(m);
+    let _ = mover.join();
+    let _m = rw.mount();
+    let (old, new) = (rw.m("big").exists(), rw.m("renamed").exists());
+    assert!(old != new, "exactly one name after the crash: old {old}, new {new}");
+    let len = std::fs::metadata(if old { rw.m("big") } else { rw.m("renamed") }).unwrap().len();
+    assert_eq!(len, 1 << 30);
+    assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none());
+}
