@@ -6,5 +6,6 @@ mod chroot;
 mod cli;
 mod differential;
 mod merged_view;
+mod pjdfstest;
 mod write_path;
 mod util;

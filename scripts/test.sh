@@ -8,5 +8,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the mount tests need root (kernel overlayfs, mknod, trusted.* xattrs)" >&2
     exit 1
 fi
+# pjdfstest, the POSIX suite the mount tests run inside shalefs and kernel overlayfs.
+command -v pjdfstest >/dev/null || [ -x "$HOME/.cargo/bin/pjdfstest" ] || cargo install --quiet pjdfstest --version 0.2.2
 cargo test --release --lib
 cargo test --release --test mount -- --test-threads "${SHALEFS_TEST_THREADS:-4}"

@@ -15,7 +15,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 
-use crate::union::Union;
+use crate::union::{Entry, Union};
 use crate::union::attr::{SetAttr, SetTime};
 use crate::union::dir::{Caller, NewObject};
 use reply::{errno, file_attr, file_type};
@@ -55,10 +55,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.union.lookup(parent.0, name.as_bytes()) {
-            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.reply_entry(self.union.lookup(parent.0, name.as_bytes()), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -169,10 +166,12 @@ impl Filesystem for ShaleFs {
         for (i, entry) in listing.iter().enumerate().skip(start) {
             let attr = file_attr(&entry.found.stat);
             let name = OsStr::from_bytes(&entry.name);
-            if reply.add(INodeNo(entry.found.ino), i as u64 + 3, name, &self.ttl, &attr, Generation(0)) {
+            // Each entry handed over is a lookup reference; one that did not fit is given back.
+            let generation = Generation(self.union.remember(ino.0, &entry.found).generation());
+            if reply.add(INodeNo(entry.found.ino), i as u64 + 3, name, &self.ttl, &attr, generation) {
+                self.union.forget(entry.found.ino, 1);
                 break;
             }
-            self.union.remember(ino.0, &entry.found);
         }
         reply.ok();
     }
@@ -242,17 +241,17 @@ impl Filesystem for ShaleFs {
             libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
             _ => NewObject::Node { mode, rdev: rdev as u64 },
         };
-        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let obj = NewObject::Dir { mode };
-        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let obj = NewObject::Symlink { target: target.as_os_str().as_bytes() };
-        self.reply_entry(self.union.create_object(parent.0, link_name.as_bytes(), obj, caller(req)).map(|f| f.stat), reply);
+        self.reply_entry(self.union.create_object(parent.0, link_name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -283,7 +282,9 @@ impl Filesystem for ShaleFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
         match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
-            Ok((st, fh)) => reply.created(&self.ttl, &file_attr(&st), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((e, fh)) => {
+                reply.created(&self.ttl, &file_attr(&e.stat), Generation(e.generation), FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -354,9 +355,9 @@ impl Filesystem for ShaleFs {
 }
 
 impl ShaleFs {
-    fn reply_entry(&self, r: crate::sys::SysResult<libc::stat>, reply: ReplyEntry) {
+    fn reply_entry(&self, r: crate::sys::SysResult<Entry>, reply: ReplyEntry) {
         match r {
-            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Ok(e) => reply.entry(&self.ttl, &file_attr(&e.stat), Generation(e.generation)),
             Err(e) => reply.error(errno(e)),
         }
     }

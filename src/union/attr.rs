@@ -37,14 +37,19 @@ impl Union {
     /// after the name is gone).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<libc::stat> {
         let node = self.nodes.get(ino)?;
+        let top = node.top();
         let mut st = match fh.and_then(|fh| self.files.get(fh).ok()) {
             Some(open) => sys::fstat(std::os::fd::AsFd::as_fd(&open.file))?,
             None => {
-                let top = node.top()?;
+                let top = top.as_ref().map_err(|e| *e)?;
                 self.stack.get(top.layer)?.stat(&top.path)?
             }
         };
         present(&mut st, node.ino, node.is_merged_dir());
+        // Removed but still open: kept in the work directory, and has no name.
+        if top.is_ok_and(|t| t.layer == super::layer::WORK_LAYER) {
+            st.st_nlink = 0;
+        }
         Ok(st)
     }
 
@@ -65,7 +70,7 @@ impl Union {
             match fh.and_then(|fh| self.files.get(fh).ok()).filter(|f| f.writable) {
                 Some(open) => sys::ftruncate(std::os::fd::AsFd::as_fd(&open.file), size)?,
                 None => {
-                    if node.kind != libc::S_IFREG {
+                    if node.kind() != libc::S_IFREG {
                         return Err(if node.is_dir() { Errno::EISDIR } else { Errno::EINVAL });
                     }
                     let fd = sys::open_beneath(layer.fd(), &top.path, libc::O_WRONLY)?;
@@ -81,7 +86,7 @@ impl Union {
 
     pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
         let node = self.nodes.get(ino)?;
-        if node.kind != libc::S_IFLNK {
+        if node.kind() != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
         let top = node.top()?;

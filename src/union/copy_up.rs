@@ -87,9 +87,9 @@ impl Union {
         let lower = state.branches[0].clone();
         let path = self.visible_name(node, &state.path, &lower)?;
         self.ensure_upper_dir(&sys::cstring(&parent_of(path.to_bytes()))?)?;
-        let found = Found { ino: node.ino, kind: node.kind, stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path, branches: state.branches };
+        let found = Found { ino: node.ino, kind: node.kind(), stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path, branches: state.branches };
         self.copy_up_found(&found, with_data)?;
-        if node.kind == libc::S_IFREG && found.stat.st_nlink > 1 {
+        if node.kind() == libc::S_IFREG && found.stat.st_nlink > 1 {
             self.copy_up_aliases(&lower, &found)?;
         }
         Ok(())
@@ -103,7 +103,7 @@ impl Union {
         }
         let layer = self.stack.get(lower.layer)?;
         let real = layer.stat(&lower.path)?;
-        if node.kind == libc::S_IFREG && real.st_nlink > 1 && layer.role == Role::Lower {
+        if node.kind() == libc::S_IFREG && real.st_nlink > 1 && layer.role == Role::Lower {
             let map = self.alias_map(lower.layer)?;
             for alias in map.get(&real.st_ino).into_iter().flatten() {
                 if let Ok(f) = self.resolve(alias) {

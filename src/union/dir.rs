@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use crate::sys::{self, Errno, SysResult};
 
-use super::Union;
+use super::{Entry, Union};
 use super::layer::{WORK_LAYER, join, join_c};
 use super::lookup::{Found, check_name};
 use super::node::{Branch, Node, NodeState};
@@ -80,7 +80,7 @@ impl Union {
     }
 
     /// Create `name` in `parent`, owned by the caller; returns the new object, registered.
-    pub fn create_object(&self, parent: u64, name: &[u8], obj: NewObject<'_>, caller: Caller) -> SysResult<Found> {
+    pub fn create_object(&self, parent: u64, name: &[u8], obj: NewObject<'_>, caller: Caller) -> SysResult<Entry> {
         check_name(name)?;
         if let NewObject::Node { mode, rdev: 0 } = obj {
             // A user-made 0/0 device would read as a whiteout: overlayfs refuses it too.
@@ -132,12 +132,11 @@ impl Union {
         }
         let pstate = pnode.state();
         let found = self.find(&pstate.path, &pstate.branches, name)?.ok_or(Errno::EIO)?;
-        self.remember(parent, &found);
-        Ok(found)
+        Ok(self.entry(parent, &found))
     }
 
     /// A new hard link `newname` in `newparent` to the object `ino` (copied up first).
-    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> SysResult<libc::stat> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> SysResult<Entry> {
         check_name(newname)?;
         let node = self.nodes.get(ino)?;
         if node.is_dir() {
@@ -166,8 +165,7 @@ impl Union {
         }
         let pstate = pnode.state();
         let found = self.find(&pstate.path, &pstate.branches, newname)?.ok_or(Errno::EIO)?;
-        self.remember(newparent, &found);
-        Ok(found.stat)
+        Ok(self.entry(newparent, &found))
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> SysResult<()> {
@@ -263,13 +261,14 @@ impl Union {
         Ok(())
     }
 
-    /// Another name in the upper of the file with real inode `ino` (the upper is searched: this
-    /// is needed only when a name of a hard-linked file the kernel holds is removed).
+    /// Another name in the upper of the non-directory with real inode `ino` (the upper is
+    /// searched: this is needed only when a name of a hard-linked object the kernel holds is
+    /// removed).
     fn upper_name_of(&self, ino: u64) -> Option<CString> {
         fn walk(layer: &super::layer::Layer, dir: &[u8], ino: u64) -> Option<Vec<u8>> {
             for (name, kind, d_ino) in layer.read_dir(dir).ok()? {
                 let rel = join(dir, &name);
-                if kind == libc::S_IFREG && d_ino == ino {
+                if kind != libc::S_IFDIR && d_ino == ino {
                     return Some(rel);
                 }
                 if kind == libc::S_IFDIR {

@@ -63,12 +63,12 @@ impl Union {
     }
 
     /// Create and open a regular file: the new object and its handle.
-    pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: super::dir::Caller) -> SysResult<(libc::stat, u64)> {
-        let found = self.create_object(parent, name, super::dir::NewObject::File { mode }, caller)?;
-        let node = self.nodes.get(found.ino)?;
+    pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: super::dir::Caller) -> SysResult<(super::Entry, u64)> {
+        let entry = self.create_object(parent, name, super::dir::NewObject::File { mode }, caller)?;
+        let node = self.nodes.get(entry.stat.st_ino)?;
         let top = node.top()?;
         let fd = sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, flags & PASSED_FLAGS & !libc::O_TRUNC)?;
-        Ok((found.stat, self.add_open_file(node, File::from(fd), wants_write(flags))))
+        Ok((entry, self.add_open_file(node, File::from(fd), wants_write(flags))))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {

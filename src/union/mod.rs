@@ -39,6 +39,13 @@ use lookup::Found;
 use node::{HandleTable, Node, NodeState, NodeTable};
 use readdir::OpenDir;
 
+/// What the kernel is told of an object it looks up or creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub stat: libc::stat,
+    pub generation: u64,
+}
+
 /// One mounted union: its layers, and the objects the kernel currently holds.
 #[derive(Debug)]
 pub struct Union {
@@ -81,23 +88,29 @@ impl Union {
 
     /// Look `name` up in directory `parent` and hand the result to the kernel (one more lookup
     /// reference). ENOENT when the merged view has no such name.
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> SysResult<libc::stat> {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> SysResult<Entry> {
         let dir = self.nodes.get(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
         }
         let state = dir.state();
         let found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
-        self.remember(parent, &found);
-        Ok(found.stat)
+        Ok(self.entry(parent, &found))
+    }
+
+    /// Register `found` (one more kernel reference) and say what the kernel is to be told.
+    pub fn entry(&self, parent: u64, found: &Found) -> Entry {
+        let node = self.remember(parent, found);
+        Entry { stat: found.stat, generation: node.generation() }
     }
 
     /// Register an object found by lookup or readdirplus: the kernel now holds one more
     /// reference to its inode number.
     pub fn remember(&self, parent: u64, found: &Found) -> Arc<Node> {
         let node = self.nodes.remember(Node::new(found.ino, found.kind, parent, found.path.clone(), found.branches.clone()));
-        // A node already known may have been reached by another name or moved: the fresh
-        // lookup is the truth for its branches.
+        // A node already known may have been reached by another name or moved, or its number
+        // reused for a new object: the fresh lookup is the truth.
+        node.set_kind(found.kind);
         node.set_state(NodeState { path: found.path.clone(), branches: found.branches.clone() });
         node
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::sys::{Errno, SysResult};
@@ -23,8 +23,9 @@ pub struct Branch {
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
-    /// S_IFMT bits; an object never changes type under one inode number.
-    pub kind: u32,
+    /// S_IFMT bits. They change only when the number is reused for a new object: an upper
+    /// filesystem reuses a deleted file's inode number, maybe before the kernel forgot it.
+    kind: AtomicU32,
     pub parent: AtomicU64,
     state: RwLock<NodeState>,
     lookups: AtomicU64,
@@ -32,7 +33,14 @@ pub struct Node {
     pub copy_up: Mutex<()>,
     /// Open file handles: an unlinked object that is still open is kept in the work directory.
     pub open_count: AtomicU64,
+    /// Told to the kernel with the inode number. A number that comes back for another object
+    /// (the upper filesystem reused a deleted inode's number) gets a new generation, so the
+    /// kernel drops its cached inode of the dead object instead of reusing it.
+    generation: AtomicU64,
 }
+
+/// Generations are unique for the life of the daemon.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -46,17 +54,30 @@ impl Node {
     pub fn new(ino: u64, kind: u32, parent: u64, path: CString, branches: Vec<Branch>) -> Node {
         Node {
             ino,
-            kind,
+            kind: AtomicU32::new(kind),
             parent: AtomicU64::new(parent),
             state: RwLock::new(NodeState { path, branches }),
             lookups: AtomicU64::new(0),
             copy_up: Mutex::new(()),
             open_count: AtomicU64::new(0),
+            generation: AtomicU64::new(NEXT_GENERATION.fetch_add(1, Ordering::Relaxed)),
         }
     }
 
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub fn kind(&self) -> u32 {
+        self.kind.load(Ordering::Relaxed)
+    }
+
+    pub fn set_kind(&self, kind: u32) {
+        self.kind.store(kind, Ordering::Relaxed);
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     pub fn state(&self) -> NodeState {
@@ -124,6 +145,10 @@ impl NodeTable {
     pub fn remember(&self, node: Node) -> Arc<Node> {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         let entry = nodes.entry(node.ino).or_insert_with(|| Arc::new(node));
+        // The object this number named was removed: this is another object.
+        if entry.state.read().unwrap_or_else(|p| p.into_inner()).branches.is_empty() {
+            entry.generation.store(NEXT_GENERATION.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        }
         entry.lookups.fetch_add(1, Ordering::Relaxed);
         entry.clone()
     }

@@ -78,7 +78,7 @@ fn names(u: &Union, path: &str) -> Vec<String> {
 fn resolve(u: &Union, path: &str) -> u64 {
     let mut ino = ROOT_INO;
     for part in Path::new(path).iter() {
-        ino = u.lookup(ino, part.as_encoded_bytes()).unwrap_or_else(|e| panic!("lookup {path}: {e}")).st_ino;
+        ino = u.lookup(ino, part.as_encoded_bytes()).unwrap_or_else(|e| panic!("lookup {path}: {e}")).stat.st_ino;
     }
     ino
 }
@@ -87,7 +87,7 @@ fn exists(u: &Union, path: &str) -> bool {
     let mut ino = ROOT_INO;
     for part in Path::new(path).iter() {
         match u.lookup(ino, part.as_encoded_bytes()) {
-            Ok(st) => ino = st.st_ino,
+            Ok(e) => ino = e.stat.st_ino,
             Err(e) if e == sys::Errno::ENOENT => return false,
             Err(e) => panic!("lookup {path}: {e}"),
         }
@@ -180,9 +180,9 @@ fn merged_directories_report_one_link_and_a_stable_number() {
     let l = Layers::new(2);
     l.dir(1, "d/sub").dir(0, "d").dir(1, "only");
     let u = l.union();
-    let st = u.lookup(ROOT_INO, b"d").expect("lookup");
+    let st = u.lookup(ROOT_INO, b"d").expect("lookup").stat;
     assert_eq!(st.st_nlink, 1);
-    let only = u.lookup(ROOT_INO, b"only").expect("lookup");
+    let only = u.lookup(ROOT_INO, b"only").expect("lookup").stat;
     assert_eq!(only.st_nlink, 2);
     // The number comes from the lowest directory of the merge.
     let lower = std::fs::metadata(l.roots[1].join("d")).expect("stat");
@@ -195,13 +195,13 @@ fn hard_links_share_a_number_and_listing_numbers_match_lookup() {
     l.file(0, "a", "data");
     std::fs::hard_link(l.roots[0].join("a"), l.roots[0].join("b")).expect("link");
     let u = l.union();
-    let a = u.lookup(ROOT_INO, b"a").expect("a");
-    let b = u.lookup(ROOT_INO, b"b").expect("b");
+    let a = u.lookup(ROOT_INO, b"a").expect("a").stat;
+    let b = u.lookup(ROOT_INO, b"b").expect("b").stat;
     assert_eq!(a.st_ino, b.st_ino);
     assert_eq!(a.st_nlink, 2);
     let root = u.node(ROOT_INO).expect("root");
     for entry in u.list_dir(&root).expect("list") {
-        assert_eq!(entry.found.ino, u.lookup(ROOT_INO, &entry.name).expect("lookup").st_ino);
+        assert_eq!(entry.found.ino, u.lookup(ROOT_INO, &entry.name).expect("lookup").stat.st_ino);
     }
 }
 
@@ -211,7 +211,7 @@ fn forgotten_nodes_leave_the_table() {
     l.file(0, "a", "data");
     let u = l.union();
     let before = u.live_nodes();
-    let ino = u.lookup(ROOT_INO, b"a").expect("a").st_ino;
+    let ino = u.lookup(ROOT_INO, b"a").expect("a").stat.st_ino;
     u.lookup(ROOT_INO, b"a").expect("a");
     assert_eq!(u.live_nodes(), before + 1);
     u.forget(ino, 2);
