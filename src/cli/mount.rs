@@ -211,10 +211,11 @@ fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))
 }
 
-/// How long the kernel may cache what we tell it. Without an upper nothing can change: cache for
-/// a day. With one, every change goes through this daemon, which answers with fresh attributes.
-fn cache_ttl(plan: &MountPlan) -> std::time::Duration {
-    if plan.upper.is_none() { std::time::Duration::from_secs(86400) } else { std::time::Duration::from_secs(1) }
+/// How long the kernel may cache entries and attributes. Lowers never change under a mount, and
+/// every change to the upper goes through this daemon, whose replies carry the new attributes
+/// (and the kernel invalidates what a change makes stale), so nothing expires by time: a day.
+fn cache_ttl(_plan: &MountPlan) -> std::time::Duration {
+    std::time::Duration::from_secs(86400)
 }
 
 fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()> {

@@ -32,10 +32,18 @@ impl ShaleFs {
         ShaleFs { union, ttl }
     }
 
-    /// Lowers never change under a mount, and without an upper nothing else can either: the
-    /// kernel may keep file pages across opens.
+    /// Flags for every open file. No FLUSH on close: shalefs handles no lock requests (the
+    /// kernel keeps POSIX locks itself), so a flush would be a round trip that does nothing.
+    /// Without an upper nothing can change: the kernel may keep file pages across opens.
     fn open_flags(&self) -> FopenFlags {
-        if self.union.is_read_only() { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+        let keep = if self.union.is_read_only() { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+        FopenFlags::FOPEN_NOFLUSH | keep
+    }
+
+    /// Every change to a directory goes through this daemon, and the kernel drops its cached
+    /// listing of a directory it changed: it may cache listings (readdir from the page cache).
+    fn opendir_flags(&self) -> FopenFlags {
+        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
     }
 }
 
@@ -120,7 +128,7 @@ impl Filesystem for ShaleFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.opendir_flags()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -283,7 +291,7 @@ impl Filesystem for ShaleFs {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
         match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
             Ok((e, fh)) => {
-                reply.created(&self.ttl, &file_attr(&e.stat), Generation(e.generation), FileHandle(fh), FopenFlags::empty())
+                reply.created(&self.ttl, &file_attr(&e.stat), Generation(e.generation), FileHandle(fh), self.open_flags())
             }
             Err(e) => reply.error(errno(e)),
         }
