@@ -258,16 +258,27 @@ fn copy_up_of_a_large_file_does_not_stall_other_files() {
     assert_eq!(std::fs::metadata(rw.m("big")).unwrap().len(), (768 << 20) + 1);
 }
 
-#[test]
-fn killed_during_copy_up_leaves_old_or_new_state_and_a_clean_work_dir() {
-    let rw = Rw::new("crash", LayerSpec::new().file("keep", "k"));
-    let big = rw.lower.join("big");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+/// A 1 GiB lower file of real blocks, so that copying it up takes a while.
+fn write_gib(path: &Path) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let chunk = vec![0xa5u8; 1 << 20];
     for _ in 0..1024 {
         w.write_all(&chunk).unwrap();
     }
-    drop(w);
+}
+
+/// Wait (10 s at most) until a copy-up is under way: something appears in the work directory.
+fn wait_for_copy_up(work: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(work.join("shalefs")).map(|mut d| d.next().is_none()).unwrap_or(true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn killed_during_copy_up_leaves_old_or_new_state_and_a_clean_work_dir() {
+    let rw = Rw::new("crash", LayerSpec::new().file("keep", "k"));
+    write_gib(&rw.lower.join("big"));
     let m = rw.mount();
     let pid = m.pid().expect("pid") as i32;
     let big_path = rw.m("big");
@@ -275,10 +286,7 @@ fn killed_during_copy_up_leaves_old_or_new_state_and_a_clean_work_dir() {
     let writer = std::thread::spawn(move || {
         let _ = std::fs::OpenOptions::new().append(true).custom_flags(0).open(&big_path).map(|mut f| f.write_all(b"!"));
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(rw.work.join("shalefs")).map(|mut d| d.next().is_none()).unwrap_or(true) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_copy_up(&rw.work);
     // SAFETY: killing the daemon this test started, by its PID.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     drop(m);
@@ -321,21 +329,13 @@ fn busybox_in_a_chroot_changes_the_tree_as_under_kernel_overlayfs() {
 #[test]
 fn killed_during_a_rename_leaves_exactly_one_name() {
     let rw = Rw::new("crash-rename", LayerSpec::new().file("keep", "k"));
-    let mut w = std::io::BufWriter::new(std::fs::File::create(rw.lower.join("big")).unwrap());
-    let chunk = vec![0x3cu8; 1 << 20];
-    for _ in 0..1024 {
-        w.write_all(&chunk).unwrap();
-    }
-    drop(w);
+    write_gib(&rw.lower.join("big"));
     let m = rw.mount();
     let pid = m.pid().expect("pid") as i32;
     let (from, to) = (rw.m("big"), rw.m("renamed"));
     // Renaming a lower file copies it up first; the daemon dies in the middle.
     let mover = std::thread::spawn(move || std::fs::rename(from, to));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(rw.work.join("shalefs")).map(|mut d| d.next().is_none()).unwrap_or(true) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_copy_up(&rw.work);
     // SAFETY: killing the daemon this test started, by its PID.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     drop(m);

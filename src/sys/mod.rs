@@ -124,26 +124,7 @@ const RESOLVE_BENEATH: u64 = 0x08;
 /// the way (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS). This is what keeps the daemon
 /// from being steered outside a layer by a symlink planted in an image.
 pub fn open_beneath(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: `how` is a valid open_how of the size we pass; `rel` is NUL-terminated.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            rel.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: openat2 returned a new fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    open_beneath_mode(dir, rel, flags, 0)
 }
 
 pub fn readlinkat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
@@ -297,7 +278,7 @@ pub fn os_str(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
 
-/// Like [`open_beneath`], with the mode for O_CREAT / O_TMPFILE.
+/// [`open_beneath`] with the mode for O_CREAT / O_TMPFILE.
 pub fn open_beneath_mode(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
