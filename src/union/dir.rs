@@ -4,7 +4,7 @@
 //! lower parts records where they are (`overlay.redirect`, as with `redirect_dir=on`).
 
 use std::ffi::{CStr, CString};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -47,14 +47,16 @@ impl NewObject<'_> {
         }
     }
 
-    fn make(&self, dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<()> {
+    /// Make the object at `rel` below `dir`; a regular file comes back open for reading and
+    /// writing, so that a create needs no second open.
+    fn make(&self, dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Option<OwnedFd>> {
         match self {
             NewObject::File { mode } => {
-                sys::open_beneath_mode(dir, rel, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode & 0o7777).map(drop)
+                sys::open_beneath_mode(dir, rel, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, mode & 0o7777).map(Some)
             }
-            NewObject::Node { mode, rdev } => sys::mknodat(dir, rel, *mode, *rdev),
-            NewObject::Dir { mode } => sys::mkdirat(dir, rel, mode & 0o7777),
-            NewObject::Symlink { target } => sys::symlinkat(&sys::cstring(target)?, dir, rel),
+            NewObject::Node { mode, rdev } => sys::mknodat(dir, rel, *mode, *rdev).map(|()| None),
+            NewObject::Dir { mode } => sys::mkdirat(dir, rel, mode & 0o7777).map(|()| None),
+            NewObject::Symlink { target } => sys::symlinkat(&sys::cstring(target)?, dir, rel).map(|()| None),
         }
     }
 }
@@ -81,6 +83,17 @@ impl Union {
 
     /// Create `name` in `parent`, owned by the caller; returns the new object, registered.
     pub fn create_object(&self, parent: u64, name: &[u8], obj: NewObject<'_>, caller: Caller) -> SysResult<Entry> {
+        self.create_object_open(parent, name, obj, caller).map(|(entry, _)| entry)
+    }
+
+    /// [`Self::create_object`], and for a regular file an fd open on it for reading and writing.
+    pub(super) fn create_object_open(
+        &self,
+        parent: u64,
+        name: &[u8],
+        obj: NewObject<'_>,
+        caller: Caller,
+    ) -> SysResult<(Entry, Option<OwnedFd>)> {
         check_name(name)?;
         if let NewObject::Node { mode, rdev: 0 } = obj {
             // A user-made 0/0 device would read as a whiteout: overlayfs refuses it too.
@@ -88,7 +101,7 @@ impl Union {
                 return Err(Errno::EPERM);
             }
         }
-        let (pnode, pstate) = self.dir_node(parent)?;
+        let (_, pstate) = self.dir_node(parent)?;
         if self.find(&pstate.path, &pstate.branches, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -103,7 +116,7 @@ impl Union {
         // Nothing shows under this name, so anything in the upper here is a whiteout.
         let over_whiteout = upper.stat(&target).is_ok();
         let (dir_fd, place) = if over_whiteout { (work.fd(), self.temp_name()) } else { (upper.fd(), target.clone()) };
-        obj.make(dir_fd, &place)?;
+        let fd = obj.make(dir_fd, &place)?;
         let finish = || -> SysResult<()> {
             sys::lchownat(dir_fd, &place, caller.uid, gid)?;
             let mut perm = obj.perm();
@@ -130,9 +143,14 @@ impl Union {
             let _ = sys::unlinkat(dir_fd, &place, if is_dir { libc::AT_REMOVEDIR } else { 0 });
             return Err(e);
         }
-        let pstate = pnode.state();
-        let found = self.find(&pstate.path, &pstate.branches, name)?.ok_or(Errno::EIO)?;
-        Ok(self.entry(parent, &found))
+        // A new object lives in the upper only and has its own number: no need to look it up
+        // across the layers again.
+        let mut stat = upper.stat(&target)?;
+        let ino = self.inos.map(stat.st_dev, stat.st_ino);
+        super::lookup::present(&mut stat, ino, false);
+        let branches = vec![Branch { layer: 0, path: target.clone(), xattr_whiteouts: false }];
+        let found = Found { ino, kind: obj.kind(), stat, path: target, branches };
+        Ok((self.entry(parent, &found), fd))
     }
 
     /// A new hard link `newname` in `newparent` to the object `ino` (copied up first).

@@ -64,10 +64,17 @@ impl Union {
 
     /// Create and open a regular file: the new object and its handle.
     pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: super::dir::Caller) -> SysResult<(super::Entry, u64)> {
-        let entry = self.create_object(parent, name, super::dir::NewObject::File { mode }, caller)?;
+        let (entry, made) = self.create_object_open(parent, name, super::dir::NewObject::File { mode }, caller)?;
         let node = self.nodes.get(entry.stat.st_ino)?;
-        let top = node.top()?;
-        let fd = sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, flags & PASSED_FLAGS & !libc::O_TRUNC)?;
+        // The fd from the creation serves, unless the caller asked for flags it lacks.
+        let special = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+        let fd = match made {
+            Some(fd) if flags & special == 0 => fd,
+            _ => {
+                let top = node.top()?;
+                sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, flags & PASSED_FLAGS & !libc::O_TRUNC)?
+            }
+        };
         Ok((entry, self.add_open_file(node, File::from(fd), wants_write(flags))))
     }
 
