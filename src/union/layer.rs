@@ -105,16 +105,36 @@ impl Layer {
 
     /// The opaque / xattr-whiteout marks of a directory in this layer.
     pub fn dir_marks(&self, dir_rel: &[u8]) -> DirMarks {
-        let Ok(c) = sys::cstring(dir_rel) else { return DirMarks::default() };
-        let mut marks = self
-            .overlay_xattr(&c, b"opaque")
-            .map(|v| whiteout::parse_opaque_value(&v))
-            .unwrap_or_default();
+        self.dir_info(dir_rel).0
+    }
+
+    /// A directory's marks and its redirect, if any. One listxattr says whether the directory
+    /// has overlay xattrs at all (most have none), so the values are read only when there.
+    pub fn dir_info(&self, dir_rel: &[u8]) -> (DirMarks, Option<Vec<u8>>) {
+        let Ok(c) = sys::cstring(dir_rel) else { return (DirMarks::default(), None) };
+        let (mut marks, mut redirect) = (DirMarks::default(), None);
+        if self.has_overlay_xattrs(&c) {
+            marks = self.overlay_xattr(&c, b"opaque").map(|v| whiteout::parse_opaque_value(&v)).unwrap_or_default();
+            if !marks.opaque {
+                redirect = self.overlay_xattr(&c, b"redirect");
+            }
+        }
         if self.formats.oci && !marks.opaque {
             let marker = join(dir_rel, whiteout::OCI_OPAQUE_MARKER);
             marks.opaque = sys::cstring(&marker).is_ok_and(|m| self.stat(&m).is_ok());
         }
-        marks
+        (marks, redirect)
+    }
+
+    /// Whether the object has any xattr in an overlay namespace this layer honours.
+    fn has_overlay_xattrs(&self, rel: &CStr) -> bool {
+        let Ok(path) = sys::fd_relative_path(self.fd(), rel.to_bytes()) else { return false };
+        // Unreadable list: assume there may be some, and ask for each.
+        let Ok(names) = sys::llistxattr(&path) else { return true };
+        names.split(|&b| b == 0).any(|n| {
+            (self.formats.trusted_xattrs && n.starts_with(whiteout::TRUSTED_PREFIX))
+                || (self.formats.user_xattrs && n.starts_with(whiteout::USER_PREFIX))
+        })
     }
 
     /// Whether an OCI whiteout `.wh.NAME` for `name` sits in directory `dir_rel` of this layer.

@@ -136,13 +136,13 @@ impl Union {
                 }
                 break;
             }
-            let marks = layer.dir_marks(rel.to_bytes());
+            let (marks, redirect) = layer.dir_info(rel.to_bytes());
             let ends_merge = marks.opaque || last_layer || layer.has_oci_whiteout(&c.dir, &c.name);
             identity = (st.st_dev, st.st_ino);
             if top.is_none() {
                 top = Some(st);
             }
-            let redirect = if ends_merge { None } else { layer.overlay_xattr(&rel, b"redirect") };
+            let redirect = if ends_merge { None } else { redirect };
             branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: marks.xattr_whiteouts });
             if ends_merge {
                 break;
