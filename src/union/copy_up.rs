@@ -48,14 +48,11 @@ impl Union {
     }
 
     /// Make sure the directory at merged path `dir` exists in the upper, copying it (and its
-    /// parents first) from the layer that shows it.
-    pub(super) fn ensure_upper_dir(&self, dir: &CStr) -> SysResult<()> {
+    /// parents first) from the layer that shows it. Returns its attributes in the upper.
+    pub(super) fn ensure_upper_dir(&self, dir: &CStr) -> SysResult<libc::stat> {
         let upper = self.upper()?;
-        if dir.to_bytes() == b"." {
-            return Ok(());
-        }
         if let Ok(st) = upper.stat(dir) {
-            return if kind_of(&st) == libc::S_IFDIR { Ok(()) } else { Err(Errno::ENOTDIR) };
+            return if kind_of(&st) == libc::S_IFDIR { Ok(st) } else { Err(Errno::ENOTDIR) };
         }
         self.ensure_upper_dir(&sys::cstring(&parent_of(dir.to_bytes()))?)?;
         let found = self.resolve(dir.to_bytes())?;
@@ -63,9 +60,9 @@ impl Union {
             return Err(Errno::ENOTDIR);
         }
         match self.copy_up_found(&found, false) {
-            // Another request copied it up first.
-            Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) if upper.stat(dir).is_ok() => Ok(()),
-            other => other,
+            // Another request copied it up first: either way it is there now.
+            Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => upper.stat(dir),
+            Err(e) => Err(e),
         }
     }
 
@@ -82,7 +79,7 @@ impl Union {
         }
         self.upper()?;
         if node.is_dir() {
-            return self.ensure_upper_dir(&state.path);
+            return self.ensure_upper_dir(&state.path).map(drop);
         }
         let lower = state.branches[0].clone();
         let path = self.visible_name(node, &state.path, &lower)?;

@@ -105,10 +105,9 @@ impl Union {
         if self.find(&pstate.path, &pstate.branches, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.ensure_upper_dir(&pstate.path)?;
+        let parent_st = self.ensure_upper_dir(&pstate.path)?;
         let (upper, work) = (self.upper()?, self.work()?);
         let target = join_c(&pstate.path, name)?;
-        let parent_st = upper.stat(&pstate.path)?;
         // BSD group semantics in a set-gid directory, as every Linux filesystem gives.
         let sgid_dir = parent_st.st_mode & libc::S_ISGID != 0;
         let gid = if sgid_dir { parent_st.st_gid } else { caller.gid };
@@ -346,14 +345,14 @@ impl Union {
             }
         }
         self.upper()?;
-        let src_lower_shows = !exchange && self.lower_shows(&ps, name)?;
-        let dst_lower_shows = self.lower_shows(&nps, newname)?;
-        self.prepare_to_move(&src, dst_lower_shows)?;
-        if exchange {
-            if let Some(d) = &dst {
-                let src_side_lower = self.lower_shows(&ps, name)?;
-                self.prepare_to_move(d, src_side_lower)?;
-            }
+        // Whether a lower shows each name: a whiteout must stay at the source (plain rename), and
+        // a moved directory must not merge with what a lower has at its new name.
+        let src_side_lower = self.lower_shows(&ps, name)?;
+        let dst_side_lower = self.lower_shows(&nps, newname)?;
+        let src_lower_shows = !exchange && src_side_lower;
+        self.prepare_to_move(&src, dst_side_lower)?;
+        if let (true, Some(d)) = (exchange, &dst) {
+            self.prepare_to_move(d, src_side_lower)?;
         }
         self.ensure_upper_dir(&nps.path)?;
         let upper = self.upper()?;

@@ -139,10 +139,6 @@ impl Union {
         sys::copy_file_range(input.file.as_fd(), &mut a, out.file.as_fd(), &mut b, len as usize)
     }
 
-    pub fn file(&self, fh: u64) -> SysResult<Arc<OpenFile>> {
-        self.files.get(fh)
-    }
-
     pub fn release(&self, fh: u64) {
         self.files.remove(fh);
     }
