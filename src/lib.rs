@@ -9,5 +9,6 @@
 
 pub mod cli;
 pub mod fuse;
+pub mod oci;
 pub mod sys;
 pub mod union;

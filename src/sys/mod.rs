@@ -421,3 +421,24 @@ pub fn stat_times(st: &libc::stat) -> [libc::timespec; 2] {
         libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
     ]
 }
+
+/// Take an advisory lock on a whole file (flock(2)); it lasts until the fd is closed, so a
+/// process killed while holding it lets go at once.
+pub fn flock(fd: BorrowedFd<'_>, exclusive: bool) -> SysResult<()> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    loop {
+        // SAFETY: a plain syscall on a valid fd.
+        match check(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+            Err(Errno(libc::EINTR)) => continue,
+            r => return r.map(|_| ()),
+        }
+    }
+}
+
+/// Like [`flock`] but fails with EWOULDBLOCK instead of waiting.
+pub fn try_flock(fd: BorrowedFd<'_>, exclusive: bool) -> SysResult<()> {
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: a plain syscall on a valid fd.
+    check(unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) })?;
+    Ok(())
+}

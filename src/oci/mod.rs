@@ -1,0 +1,11 @@
+//! The OCI image model, parsed and checked at the boundary: digests, image references,
+//! manifests, indexes, configs and platforms. Nothing else in the crate reads raw JSON or a
+//! raw reference string.
+
+pub mod digest;
+pub mod manifest;
+pub mod platform;
+pub mod reference;
+
+pub use digest::Digest;
+pub use reference::Reference;
