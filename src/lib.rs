@@ -7,6 +7,7 @@
 //! - [`cli`]: command-line parsing and one module per command;
 //! - [`sys`]: the raw system calls, and all `unsafe`.
 
+pub mod archive;
 pub mod cli;
 pub mod fuse;
 pub mod oci;
