@@ -11,5 +11,7 @@ pub mod archive;
 pub mod cli;
 pub mod fuse;
 pub mod oci;
+pub mod registry;
+pub mod store;
 pub mod sys;
 pub mod union;
