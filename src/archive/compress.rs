@@ -1,22 +1,50 @@
 //! Decompression of layer blobs by media type. Gzip layers may hold several members (as
-//! `pigz` and some registries write them); all are read.
+//! `pigz` and some registries write them); zstd layers several frames; all are read.
 
 use std::io::{self, BufRead, Read};
 
 use crate::oci::manifest::Compression;
 
-pub fn decompress<'a, R: BufRead + 'a>(compression: Compression, blob: R) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match compression {
-        Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(blob)?),
-    })
+/// A decompressing reader that gives its source back, so the caller can read the source to
+/// its end (the blob digest covers every byte, even after the compressed stream ends).
+pub enum Decompressor<R: BufRead> {
+    None(R),
+    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+impl<R: BufRead> Decompressor<R> {
+    pub fn new(compression: Compression, blob: R) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::None => Decompressor::None(blob),
+            Compression::Gzip => Decompressor::Gzip(flate2::bufread::MultiGzDecoder::new(blob)),
+            Compression::Zstd => Decompressor::Zstd(zstd::stream::read::Decoder::with_buffer(blob)?),
+        })
+    }
+
+    pub fn into_inner(self) -> R {
+        match self {
+            Decompressor::None(r) => r,
+            Decompressor::Gzip(d) => d.into_inner(),
+            Decompressor::Zstd(d) => d.finish(),
+        }
+    }
+}
+
+impl<R: BufRead> Read for Decompressor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decompressor::None(r) => r.read(buf),
+            Decompressor::Gzip(d) => d.read(buf),
+            Decompressor::Zstd(d) => d.read(buf),
+        }
+    }
 }
 
 /// A reader that fails once more than `limit` bytes have passed: the bound that stops a
 /// decompression bomb before it fills the disk.
 pub struct LimitedReader<R> {
-    inner: R,
+    pub inner: R,
     left: u64,
     limit: u64,
 }

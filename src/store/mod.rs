@@ -19,6 +19,7 @@
 
 pub mod container;
 pub mod image;
+pub mod pull;
 
 use std::fs::File;
 use std::io::Write;

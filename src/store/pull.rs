@@ -1,0 +1,422 @@
+//! Pulling an image into the store. Each layer is one streaming pass:
+//!
+//! ```text
+//! registry ─► (partial file on disk) ─► sha256 of the blob ─► decompress ─► size bound
+//!          ─► sha256 of the tar (the DiffID) ─► safe unpack into tmp/ ─► verify ─► rename
+//! ```
+//!
+//! The downloaded bytes are appended to `tmp/<blob>.partial` as they stream through, so a
+//! pull cut off by a dropped connection, Ctrl-C or a kill resumes there with a Range request
+//! (the unpack starts again from the partial file; it is never trusted half-done). A layer
+//! enters `layers/` only when both digests match. Layers are fetched by a few workers at once;
+//! a per-DiffID file lock makes one process fetch a layer while others wait and then reuse it.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::image::{ImageLayer, ImageRecord, LayerInfo, TagEntry};
+use super::Store;
+use crate::archive::compress::{Decompressor, LimitedReader};
+use crate::archive::unpack::{self, Limits};
+use crate::oci::digest::{HashingReader, Hasher};
+use crate::oci::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, MAX_CONFIG_BYTES};
+use crate::oci::platform::{self, Platform};
+use crate::oci::{Digest, Reference};
+use crate::registry::RepoClient;
+
+pub struct PullOptions {
+    pub platform: Platform,
+    pub jobs: usize,
+    pub keep_blobs: bool,
+    /// Most bytes one layer may expand to.
+    pub max_layer_size: u64,
+}
+
+/// What a pull reports as it goes, for the progress display.
+pub enum Event<'a> {
+    /// The image's layers, bottom first: (blob digest, compressed size).
+    Layers(&'a [(Digest, u64)]),
+    Exists(usize),
+    Waiting(usize),
+    /// Downloading, resumed at this many bytes.
+    Started(usize, u64),
+    Progress(usize, u64),
+    Retrying(usize, &'a str),
+    Verifying(usize),
+    Complete(usize),
+}
+
+pub trait Observer: Sync {
+    fn event(&self, e: Event<'_>);
+}
+
+#[derive(Debug)]
+pub struct PullResult {
+    pub image: Digest,
+    /// The digest the reference resolved to (an index's, for a multi-platform image).
+    pub digest: Digest,
+    pub up_to_date: bool,
+    pub fetched_layers: usize,
+    pub fetched_bytes: u64,
+}
+
+pub fn pull(store: &Store, repo: &RepoClient<'_>, r: &Reference, opts: &PullOptions, obs: &dyn Observer) -> anyhow::Result<PullResult> {
+    if let Some(result) = already_pulled(store, repo, r, obs)? {
+        return Ok(result);
+    }
+    let (bytes, top_digest, content_type) = repo.get_manifest(&r.manifest_key())?;
+    let (manifest, manifest_digest, manifest_bytes) = match Manifest::parse(&bytes, content_type.as_deref())
+        .with_context(|| format!("manifest of {r}"))?
+    {
+        Manifest::Image(m) => (m, top_digest.clone(), bytes),
+        Manifest::Index(index) => {
+            store.put_blob(&top_digest, &bytes)?;
+            let chosen = platform::choose(&index.manifests, &opts.platform)
+                .ok_or_else(|| anyhow!("{r} has no image for platform {} (it has: {})", opts.platform, platforms_of(&index.manifests)))?;
+            let (bytes, digest, ct) = repo.get_manifest(&chosen.digest.to_string())?;
+            match Manifest::parse(&bytes, ct.as_deref()).with_context(|| format!("manifest {digest} of {r}"))? {
+                Manifest::Image(m) => (m, digest, bytes),
+                Manifest::Index(_) => bail!("{r}: an index inside an index is not supported"),
+            }
+        }
+    };
+    store.put_blob(&manifest_digest, &manifest_bytes)?;
+    let config_bytes = match store.read_blob(&manifest.config.digest) {
+        Ok(b) => b,
+        Err(_) => repo.get_small_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?,
+    };
+    let config = ImageConfig::parse(&config_bytes).with_context(|| format!("config {} of {r}", manifest.config.digest))?;
+    store.put_blob(&manifest.config.digest, &config_bytes)?;
+    check_layers(&manifest, &config, r)?;
+
+    let sizes: Vec<(Digest, u64)> = manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
+    obs.event(Event::Layers(&sizes));
+    let (fetched_layers, fetched_bytes) = fetch_layers(store, repo, &manifest.layers, &config.rootfs.diff_ids, opts, obs)?;
+
+    let record = ImageRecord {
+        id: manifest.config.digest.clone(),
+        manifest_digest: manifest_digest.clone(),
+        platform: format!("{}/{}{}", config.os, config.architecture, config.variant.as_ref().map(|v| format!("/{v}")).unwrap_or_default()),
+        layers: manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(l, d)| ImageLayer { diff_id: d.clone(), digest: l.digest.clone(), media_type: l.media_type.clone(), size: l.size })
+            .collect(),
+        created: config.created.clone(),
+        pulled_at: now(),
+    };
+    record_image(store, r, &record, &top_digest, &manifest_digest)?;
+    Ok(PullResult { image: record.id, digest: top_digest, up_to_date: false, fetched_layers, fetched_bytes })
+}
+
+/// A pull by digest of an image we have costs nothing; a pull by tag costs one HEAD, which
+/// tells whether the tag still points where it did.
+fn already_pulled(store: &Store, repo: &RepoClient<'_>, r: &Reference, obs: &dyn Observer) -> anyhow::Result<Option<PullResult>> {
+    let repos = store.load_repositories()?;
+    let Some(id) = repos.lookup(r).cloned() else { return Ok(None) };
+    let Ok(rec) = store.load_image(&id) else { return Ok(None) };
+    if !store.image_complete(&rec) {
+        return Ok(None);
+    }
+    let digest = match (&r.digest, &r.tag) {
+        (Some(d), _) => d.clone(),
+        (None, Some(tag)) => {
+            let known = repos.repos.get(&r.name()).and_then(|e| e.tags.get(tag)).map(|t| t.digest.clone());
+            match (known, repo.head_manifest(tag)?) {
+                (Some(k), Some(now)) if k == now => k,
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    let sizes: Vec<(Digest, u64)> = rec.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
+    obs.event(Event::Layers(&sizes));
+    for i in 0..sizes.len() {
+        obs.event(Event::Exists(i));
+    }
+    Ok(Some(PullResult { image: id, digest, up_to_date: true, fetched_layers: 0, fetched_bytes: 0 }))
+}
+
+fn check_layers(m: &ImageManifest, config: &ImageConfig, r: &Reference) -> anyhow::Result<()> {
+    if config.rootfs.diff_ids.len() != m.layers.len() {
+        bail!(
+            "{r}: the manifest lists {} layers but the config has {} diff_ids",
+            m.layers.len(),
+            config.rootfs.diff_ids.len()
+        );
+    }
+    for l in &m.layers {
+        manifest::layer_compression(l)?;
+    }
+    Ok(())
+}
+
+fn platforms_of(list: &[Descriptor]) -> String {
+    let names: Vec<String> = list.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+    if names.is_empty() { "none listed".into() } else { names.join(", ") }
+}
+
+/// Fetch the missing layers with up to `jobs` workers. Returns (layers fetched, bytes).
+fn fetch_layers(
+    store: &Store,
+    repo: &RepoClient<'_>,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    opts: &PullOptions,
+    obs: &dyn Observer,
+) -> anyhow::Result<(usize, u64)> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let fetched = AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.clamp(1, layers.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= layers.len() || failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match fetch_layer(store, repo, i, &layers[i], &diff_ids[i], opts, obs) {
+                        Ok(Some(n)) => {
+                            fetched.fetch_add(1, Ordering::SeqCst);
+                            bytes.fetch_add(n, Ordering::SeqCst);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            if let Ok(mut errs) = errors.lock() {
+                                errs.push(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut errors = errors.into_inner().unwrap_or_default();
+    if let Some(e) = errors.drain(..).next() {
+        return Err(e);
+    }
+    Ok((fetched.load(Ordering::SeqCst), bytes.load(Ordering::SeqCst)))
+}
+
+/// Fetch one layer unless the store has it. Returns the bytes downloaded, or None if it was
+/// already there.
+fn fetch_layer(
+    store: &Store,
+    repo: &RepoClient<'_>,
+    i: usize,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    opts: &PullOptions,
+    obs: &dyn Observer,
+) -> anyhow::Result<Option<u64>> {
+    if store.has_layer(diff_id) {
+        obs.event(Event::Exists(i));
+        return Ok(None);
+    }
+    obs.event(Event::Waiting(i));
+    let _lock = store.lock_digest(diff_id)?;
+    if store.has_layer(diff_id) {
+        // Another process fetched it while we waited for the lock.
+        obs.event(Event::Exists(i));
+        return Ok(None);
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fetch_once(store, repo, i, desc, diff_id, opts, obs) {
+            Ok(n) => {
+                obs.event(Event::Complete(i));
+                return Ok(Some(n));
+            }
+            Err(FetchError::Network(e)) if attempt < 4 => {
+                let msg = format!("{e:#}");
+                tracing::info!("layer {}: {msg}; resuming", desc.digest);
+                obs.event(Event::Retrying(i, &msg));
+                std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
+            }
+            Err(FetchError::Network(e) | FetchError::Other(e)) => {
+                return Err(e.context(format!("layer {}", desc.digest)));
+            }
+        }
+    }
+}
+
+enum FetchError {
+    /// The connection failed mid-way: worth resuming.
+    Network(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+fn fetch_once(
+    store: &Store,
+    repo: &RepoClient<'_>,
+    i: usize,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    opts: &PullOptions,
+    obs: &dyn Observer,
+) -> Result<u64, FetchError> {
+    let other = FetchError::Other;
+    let compression = manifest::layer_compression(desc).map_err(|e| other(e.into()))?;
+    let partial_path = store.partial_path(&desc.digest);
+    let mut partial = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&partial_path)
+        .map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?;
+    let mut have = partial.metadata().map_err(|e| other(e.into()))?.len();
+    if have > desc.size {
+        have = 0;
+    }
+    let stream = repo.open_blob(&desc.digest, have).map_err(FetchError::Network)?;
+    if stream.start != have {
+        have = stream.start;
+    }
+    partial.set_len(have).map_err(|e| other(anyhow!("truncating {}: {e}", partial_path.display())))?;
+    partial.seek(io::SeekFrom::Start(0)).map_err(|e| other(e.into()))?;
+    if have > 0 {
+        tracing::info!("layer {}: resuming the download at byte {have}", desc.digest);
+    }
+    obs.event(Event::Started(i, have));
+    let existing = partial.try_clone().map_err(|e| other(e.into()))?.take(have);
+    let mut sink = partial;
+    sink.seek(io::SeekFrom::Start(have)).map_err(|e| other(e.into()))?;
+    let net_failed = Arc::new(AtomicBool::new(false));
+    let source = BlobSource {
+        existing: Some(existing),
+        network: stream.reader,
+        sink,
+        hasher: Hasher::new(),
+        expected: desc.size,
+        net_failed: net_failed.clone(),
+        report: &|n| obs.event(Event::Progress(i, n)),
+    };
+    let classify = |e: anyhow::Error| if net_failed.load(Ordering::SeqCst) { FetchError::Network(e) } else { other(e) };
+
+    let dir = store.new_unpack_dir(diff_id).map_err(other)?;
+    let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
+    let (blob, tar) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = super::remove_tree(&dir);
+            return Err(classify(e));
+        }
+    };
+    obs.event(Event::Verifying(i));
+    let fail = |why: String| {
+        let _ = super::remove_tree(&dir);
+        // The whole blob arrived and is wrong: resuming from it would only repeat the error.
+        let _ = std::fs::remove_file(&partial_path);
+        other(anyhow!(why))
+    };
+    if blob.0 != desc.digest || blob.1 != desc.size {
+        return Err(fail(format!("downloaded blob has digest {} and {} bytes; the manifest says {} and {} bytes", blob.0, blob.1, desc.digest, desc.size)));
+    }
+    if &tar.0 != diff_id {
+        return Err(fail(format!("uncompressed layer has digest {}; the image config says {diff_id}", tar.0)));
+    }
+    let info = LayerInfo {
+        diff_id: diff_id.clone(),
+        digest: desc.digest.clone(),
+        media_type: desc.media_type.clone(),
+        compressed_size: desc.size,
+        unpacked_size: tar.1,
+    };
+    store.commit_layer(&dir, &info).map_err(other)?;
+    if opts.keep_blobs {
+        let _ = std::fs::rename(&partial_path, store.blob_path(&desc.digest));
+    } else {
+        let _ = std::fs::remove_file(&partial_path);
+    }
+    Ok(desc.size - have)
+}
+
+/// Decompress, hash and unpack; then read both streams to their ends so that the digests
+/// cover every byte. Returns ((blob digest, size), (tar digest, size)).
+fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<((Digest, u64), (Digest, u64))> {
+    let decompressor = Decompressor::new(compression, BufReader::with_capacity(256 << 10, source)).context("starting decompression")?;
+    let tar = HashingReader::new(LimitedReader::new(decompressor, max));
+    let (_stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
+    io::copy(&mut tar, &mut io::sink()).context("reading the end of the layer tar")?;
+    let tar_bytes = tar.hasher.bytes;
+    let tar_digest = std::mem::take(&mut tar.hasher).finish();
+    let mut blob = tar.inner.inner.into_inner();
+    io::copy(&mut blob, &mut io::sink()).context("reading the end of the layer blob")?;
+    let mut source = blob.into_inner();
+    source.sink.flush()?;
+    let bytes = source.hasher.bytes;
+    Ok(((std::mem::take(&mut source.hasher).finish(), bytes), (tar_digest, tar_bytes)))
+}
+
+/// The blob's bytes: first what an earlier try left in the partial file, then the network,
+/// each network byte appended to the partial file as it passes.
+struct BlobSource<'a> {
+    existing: Option<io::Take<File>>,
+    network: Box<dyn Read + Send + Sync>,
+    sink: File,
+    hasher: Hasher,
+    expected: u64,
+    net_failed: Arc<AtomicBool>,
+    report: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Read for BlobSource<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(existing) = &mut self.existing {
+            let n = existing.read(buf)?;
+            if n > 0 {
+                self.hasher.update(&buf[..n]);
+                (self.report)(self.hasher.bytes);
+                return Ok(n);
+            }
+            self.existing = None;
+        }
+        let n = match self.network.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.net_failed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        if n == 0 && self.hasher.bytes < self.expected {
+            self.net_failed.store(true, Ordering::SeqCst);
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed after {} of {} bytes", self.hasher.bytes, self.expected)));
+        }
+        if self.hasher.bytes + n as u64 > self.expected {
+            return Err(io::Error::other(format!("the registry sent more than the {} bytes the manifest gives", self.expected)));
+        }
+        self.sink.write_all(&buf[..n])?;
+        self.hasher.update(&buf[..n]);
+        (self.report)(self.hasher.bytes);
+        Ok(n)
+    }
+}
+
+/// Record the image and point the reference at it, under the records lock.
+fn record_image(store: &Store, r: &Reference, rec: &ImageRecord, top: &Digest, manifest: &Digest) -> anyhow::Result<()> {
+    let _lock = store.lock_records()?;
+    store.save_image(rec)?;
+    let mut repos = store.load_repositories()?;
+    let entry = repos.repos.entry(r.name()).or_default();
+    if let Some(tag) = &r.tag {
+        entry.tags.insert(tag.clone(), TagEntry { image: rec.id.clone(), digest: top.clone() });
+    }
+    entry.digests.insert(top.to_string(), rec.id.clone());
+    entry.digests.insert(manifest.to_string(), rec.id.clone());
+    store.save_repositories(&repos)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
