@@ -4,8 +4,9 @@
 #   busybox-static the payload of the demo and chroot tests
 #   attr           setfattr/getfattr, used by tests to build layers independently of shalefs
 #   fuse-overlayfs the peer the benchmarks compare against
+#   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,12 @@
 //! Command-line parsing and dispatch; one module per command.
 
+pub mod containers;
+pub mod images;
 pub mod logging;
 pub mod mount;
 pub mod mount_opts;
+pub mod progress;
+pub mod pull;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -10,21 +14,52 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "shalefs", version, about = "Container image layers as one merged directory, through FUSE")]
 pub struct Cli {
+    /// The image store (default: $SHALEFS_ROOT, else /var/lib/shalefs)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount a stack of layer directories (and an optional upper) as one merged tree
+    /// Mount an image (as a new container), a container, or a stack of layer directories
     Mount(mount::MountArgs),
     /// Unmount a shalefs mount
     Umount(umount::UmountArgs),
+    /// Pull an image from a registry into the store
+    Pull(pull::PullArgs),
+    /// List the images in the store
+    Images(images::ImagesArgs),
+    /// Show an image's details as JSON
+    Inspect(images::InspectArgs),
+    /// Show the history of an image
+    History(images::HistoryArgs),
+    /// Give an image another name
+    Tag(images::TagArgs),
+    /// Remove images (untag; delete layers nothing else uses)
+    Rmi(images::RmiArgs),
+    /// Delete unnamed images and unused layers
+    Prune,
+    /// List containers
+    Ps,
+    /// Remove containers and their upper directories
+    Rm(containers::RmArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.root;
     match cli.command {
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
+        Command::Pull(args) => pull::run(args, root),
+        Command::Images(args) => images::images(args, root),
+        Command::Inspect(args) => images::inspect(args, root),
+        Command::History(args) => images::history(args, root),
+        Command::Tag(args) => images::tag(args, root),
+        Command::Rmi(args) => images::rmi(args, root),
+        Command::Prune => images::prune(root),
+        Command::Ps => containers::ps(root),
+        Command::Rm(args) => containers::rm(args, root),
     }
 }

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::fuse::ShaleFs;
 use crate::fuse::session::{self, MountFlags, SessionOptions};
+use crate::store::{Container, Store};
 use crate::sys;
 use crate::union::Union;
 use crate::union::layer::{Formats, Layer, LayerStack, Role};
@@ -42,8 +43,35 @@ pub struct MountArgs {
     /// Worker threads serving requests
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// The empty directory to mount on
-    pub mountpoint: PathBuf,
+    /// Name the container made for IMAGE (default: from the image name and a random suffix)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Mount an existing container (made by an earlier `mount IMAGE`) with its upper
+    #[arg(long, value_name = "NAME", conflicts_with = "name")]
+    pub container: Option<String>,
+    /// `[IMAGE] MOUNTPOINT`: an image from the store gets a new container, mounted on the
+    /// empty directory MOUNTPOINT; without IMAGE, the layers come from --lower/-o lowerdir=
+    /// or --container
+    #[arg(value_name = "[IMAGE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub targets: Vec<String>,
+}
+
+impl MountArgs {
+    fn mountpoint(&self) -> PathBuf {
+        PathBuf::from(self.targets.last().map(String::as_str).unwrap_or_default())
+    }
+
+    fn image(&self) -> Option<&str> {
+        (self.targets.len() == 2).then(|| self.targets[0].as_str())
+    }
+}
+
+/// Where the layers of a mount come from, once image and container names are resolved.
+#[derive(Debug, Default)]
+struct Source {
+    lowers: Vec<PathBuf>,
+    upper: Option<(PathBuf, PathBuf)>,
+    fsname: Option<String>,
 }
 
 /// A checked mount: every path exists and has the right kind; nothing later sees raw flags.
@@ -66,18 +94,44 @@ pub struct UpperPlan {
 /// Set by the parent in the daemon it starts: report readiness on stdout, then let go of it.
 const DAEMON_ENV: &str = "SHALEFS_DAEMON_NOTIFY";
 
-pub fn run(args: MountArgs) -> anyhow::Result<()> {
+/// Set by the parent for the daemon when the parent made the container for `mount IMAGE`.
+const CONTAINER_ENV: &str = "SHALEFS_MOUNT_CONTAINER";
+
+pub fn run(args: MountArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
     let is_daemon_child = std::env::var_os(DAEMON_ENV).is_some();
+    let made_by_parent = std::env::var(CONTAINER_ENV).ok().filter(|_| is_daemon_child);
     if !args.foreground && !is_daemon_child {
         // Check in the caller's process first, so that a mistake is reported at once.
-        plan(&args)?;
-        return spawn_daemon();
+        let created = match args.image() {
+            Some(image) => Some(new_container(&args, image, root.as_deref())?),
+            None => None,
+        };
+        let checked = resolve_source(&args, root.as_deref(), created.as_deref()).and_then(|src| plan(&args, src));
+        let result = checked.and_then(|_| spawn_daemon(created.as_deref()));
+        if let Some(name) = &created {
+            match &result {
+                Ok(()) => println!("{name}"),
+                // The container was made for this mount and holds nothing yet.
+                Err(_) => {
+                    let _ = open_store(root.as_deref()).and_then(|s| s.remove_container(name));
+                }
+            }
+        }
+        return result;
     }
     logging::init(&args.log_level, args.log_file.as_deref(), is_daemon_child)?;
     if is_daemon_child {
         let _ = sys::setsid();
     }
-    let result = plan(&args).and_then(|p| mount_and_serve(p, is_daemon_child));
+    let result = (|| {
+        let created = match (&made_by_parent, args.image()) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(image)) => Some(new_container(&args, image, root.as_deref())?),
+            (None, None) => None,
+        };
+        let src = resolve_source(&args, root.as_deref(), created.as_deref())?;
+        mount_and_serve(plan(&args, src)?, is_daemon_child)
+    })();
     if let Err(e) = &result {
         tracing::error!("{e:#}");
         if is_daemon_child {
@@ -87,18 +141,94 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     result
 }
 
-fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
+fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {
+    Store::open(&Store::root_from(root))
+}
+
+/// `mount IMAGE`: a new container of the image, with an empty upper, under the records lock.
+fn new_container(args: &MountArgs, image: &str, root: Option<&Path>) -> anyhow::Result<String> {
+    check_mountpoint(&args.mountpoint())?;
+    let store = open_store(root)?;
+    let _lock = store.lock_records()?;
+    let id = store.resolve_image(image)?;
+    let rec = store.load_image(&id)?;
+    if let Some(missing) = rec.layers.iter().find(|l| !store.has_layer(&l.diff_id)) {
+        anyhow::bail!("image {image}: layer {} is missing from the store; pull the image again", missing.diff_id);
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => generated_name(image),
+    };
+    store.create_container(&Container {
+        name: name.clone(),
+        image: id,
+        image_name: image.to_string(),
+        layers: rec.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        created_at: crate::store::pull::now(),
+    })?;
+    Ok(name)
+}
+
+/// `alpine-3f9a1c`: the image's last path component and a random suffix.
+fn generated_name(image: &str) -> String {
+    let base = image.rsplit('/').next().unwrap_or(image);
+    let base: String = base.split([':', '@']).next().unwrap_or("c").chars().filter(|c| c.is_ascii_alphanumeric() || "_.-".contains(*c)).collect();
+    let mut seed = [0u8; 3];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+    let base = if base.is_empty() { "container".to_string() } else { base };
+    format!("{base}-{:02x}{:02x}{:02x}", seed[0], seed[1], seed[2])
+}
+
+/// The layers of a container (top first), its upper and work, and its mount source name.
+fn container_source(store: &Store, name: &str) -> anyhow::Result<Source> {
+    let c = store.load_container(name)?;
+    let lowers = c.layers.iter().rev().map(|d| {
+        let dir = store.layer_dir(d);
+        if !dir.is_dir() {
+            anyhow::bail!("container {name}: layer {d} is missing from the store");
+        }
+        Ok(dir)
+    });
+    Ok(Source {
+        lowers: lowers.collect::<anyhow::Result<_>>()?,
+        upper: Some((store.container_upper(name), store.container_work(name))),
+        fsname: Some(super::containers::fsname_of(name)),
+    })
+}
+
+fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) -> anyhow::Result<Source> {
+    let container = created.or(args.container.as_deref());
+    let Some(name) = container else { return Ok(Source::default()) };
+    if args.image().is_some() && args.container.is_some() {
+        anyhow::bail!("give either IMAGE or --container, not both");
+    }
+    if !args.lowers.is_empty() || args.upper.is_some() || args.work.is_some() {
+        anyhow::bail!("--lower, --upper and --work cannot be combined with an image or container");
+    }
+    let mut mounted = super::containers::mountpoints_of(name);
+    if let Some(mp) = mounted.pop() {
+        anyhow::bail!("container {name} is already mounted on {mp}");
+    }
+    container_source(&open_store(root)?, name)
+}
+
+fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
     let (opts, ignored) = mount_opts::parse(&args.options)?;
     for o in ignored {
         tracing::debug!("ignoring mount option {o}: shalefs has no use for it");
     }
-    let mut lowers = args.lowers.clone();
+    if !source.lowers.is_empty() && !opts.lowers.is_empty() {
+        anyhow::bail!("lowerdir= cannot be combined with an image or container");
+    }
+    let mut lowers = source.lowers;
+    lowers.extend(args.lowers.iter().cloned());
     lowers.extend(opts.lowers);
     if lowers.is_empty() {
-        anyhow::bail!("no lower layer: give --lower DIR or -o lowerdir=DIR[:DIR...]");
+        anyhow::bail!("no lower layer: give IMAGE, --container NAME, --lower DIR or -o lowerdir=DIR[:DIR...]");
     }
-    let upper = args.upper.clone().or(opts.upper);
-    let work = args.work.clone().or(opts.work);
+    let (source_upper, source_work) = source.upper.unzip();
+    let upper = source_upper.or(args.upper.clone()).or(opts.upper);
+    let work = source_work.or(args.work.clone()).or(opts.work);
     let upper = match (upper, work) {
         (None, None) => None,
         (Some(_), None) => anyhow::bail!("an upper directory needs a work directory (--work or workdir=)"),
@@ -108,7 +238,8 @@ fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
     for lower in &lowers {
         check_dir("lower layer", lower)?;
     }
-    check_mountpoint(&args.mountpoint)?;
+    let mountpoint = args.mountpoint();
+    check_mountpoint(&mountpoint)?;
     sys::check_dev_fuse().map_err(|e| anyhow::anyhow!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
     let mut flags = opts.flags;
     if upper.is_none() {
@@ -117,8 +248,8 @@ fn plan(args: &MountArgs) -> anyhow::Result<MountPlan> {
     Ok(MountPlan {
         lowers,
         upper,
-        mountpoint: args.mountpoint.clone(),
-        fsname: opts.fsname.unwrap_or_else(|| "shalefs".into()),
+        mountpoint,
+        fsname: source.fsname.or(opts.fsname).unwrap_or_else(|| "shalefs".into()),
         flags,
         threads: args.threads.unwrap_or_else(session::default_threads),
     })
@@ -252,9 +383,13 @@ fn report_to_parent(line: &str) {
 
 /// Start this same command as a daemon (stdin and stderr on /dev/null, stdout a pipe to us) and
 /// wait until it says the mount is live, or why it is not.
-fn spawn_daemon() -> anyhow::Result<()> {
+fn spawn_daemon(container: Option<&str>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the shalefs executable")?;
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if let Some(name) = container {
+        cmd.env(CONTAINER_ENV, name);
+    }
+    let mut child = cmd
         .args(std::env::args_os().skip(1))
         .env(DAEMON_ENV, "1")
         .stdin(Stdio::null())

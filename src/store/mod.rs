@@ -18,6 +18,7 @@
 //! crash or a kill leaves either the old state or the new one.
 
 pub mod container;
+pub mod gc;
 pub mod image;
 pub mod pull;
 

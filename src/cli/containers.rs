@@ -1,0 +1,101 @@
+//! `ps` and `rm`: the containers in the store, where each is mounted, and removing them.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::store::Store;
+
+/// The mount source a container's mount carries, so `ps` and `rm` can find it.
+pub fn fsname_of(container: &str) -> String {
+    format!("shalefs:{container}")
+}
+
+/// Where a container is mounted, from /proc/self/mounts.
+pub fn mountpoints_of(container: &str) -> Vec<String> {
+    let want = fsname_of(container);
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return Vec::new() };
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (src, mp) = (f.next()?, f.next()?);
+            (unescape(src) == want).then(|| unescape(mp))
+        })
+        .collect()
+}
+
+/// /proc/mounts writes space, tab, newline and backslash as octal escapes.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = Store::open(&Store::root_from(root.as_deref()))?;
+    println!("{:<24} {:<40} {:<14} {:<24} {}", "NAME", "IMAGE", "IMAGE ID", "CREATED", "MOUNTED ON");
+    for c in store.all_containers()? {
+        let created = super::images::human_age(Some(&rfc3339_of(c.created_at)));
+        let mounted = mountpoints_of(&c.name).join(",");
+        println!("{:<24} {:<40} {:<14} {created:<24} {mounted}", c.name, c.image_name, c.image.short());
+    }
+    Ok(())
+}
+
+fn rfc3339_of(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+pub fn rm(args: RmArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = Store::open(&Store::root_from(root.as_deref()))?;
+    for name in &args.names {
+        let _lock = store.lock_records()?;
+        let mounted = mountpoints_of(name);
+        if !mounted.is_empty() {
+            bail!("container {name} is mounted on {}: unmount it first", mounted.join(", "));
+        }
+        store.remove_container(name)?;
+        println!("{name}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(super::rfc3339_of(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339_of(1709208000), "2024-02-29T12:00:00Z");
+        assert_eq!(super::unescape("/a\\040b"), "/a b");
+    }
+}
