@@ -7,5 +7,6 @@ mod cli;
 mod differential;
 mod merged_view;
 mod pjdfstest;
+mod pull;
 mod write_path;
 mod util;

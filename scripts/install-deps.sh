@@ -6,7 +6,7 @@
 #   fuse-overlayfs the peer the benchmarks compare against
 #   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 
 pub mod layers;
 pub mod mounts;
+pub mod registry;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -36,17 +36,28 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     pub entries: u64,
     pub file_bytes: u64,
+    /// Directories the tar needed but did not list (`.` for the root), made 0755 root:root.
+    /// Tools such as umoci leave out unchanged parents; their attributes belong to the layers
+    /// below, which the store applies once those are present.
+    pub implicit_dirs: Vec<String>,
 }
 
 /// Unpack the tar read from `tar` into `dest`, an empty directory. Returns the reader, so the
 /// caller can drain what follows the end-of-archive blocks (it counts in the DiffID).
 pub fn unpack<R: Read>(tar: R, dest: &Path, limits: Limits) -> anyhow::Result<(Stats, R)> {
     let root = sys::open_dir(dest).map_err(|e| anyhow!("opening {}: {e}", dest.display()))?;
-    let mut unpacker = Unpacker { root, is_root: sys::geteuid() == 0, stats: Stats::default(), dirs: Vec::new() };
+    let mut unpacker = Unpacker {
+        root,
+        is_root: sys::geteuid() == 0,
+        stats: Stats::default(),
+        dirs: Vec::new(),
+        implicit: std::collections::BTreeSet::new(),
+        saw_root: false,
+    };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().context("reading the layer tar")? {
         let mut entry = entry.context("reading the layer tar")?;
@@ -58,7 +69,12 @@ pub fn unpack<R: Read>(tar: R, dest: &Path, limits: Limits) -> anyhow::Result<(S
         unpacker.entry(&mut entry, &raw).with_context(|| format!("layer entry {:?}", String::from_utf8_lossy(&raw)))?;
     }
     unpacker.set_dir_times()?;
-    Ok((unpacker.stats, archive.into_inner()))
+    let mut stats = unpacker.stats;
+    if !unpacker.saw_root {
+        stats.implicit_dirs.push(".".into());
+    }
+    stats.implicit_dirs.extend(unpacker.implicit.into_iter().filter_map(|p| String::from_utf8(p).ok()));
+    Ok((stats, archive.into_inner()))
 }
 
 struct Unpacker {
@@ -67,6 +83,9 @@ struct Unpacker {
     stats: Stats,
     /// Directories whose times are set at the end: (path components, mtime).
     dirs: Vec<(Vec<Vec<u8>>, libc::timespec)>,
+    /// Parents created because an entry needed them, until an entry names them.
+    implicit: std::collections::BTreeSet<Vec<u8>>,
+    saw_root: bool,
 }
 
 /// The metadata of an entry that survives unpacking.
@@ -86,6 +105,7 @@ impl Unpacker {
         let Some((name, parents)) = components.split_last() else {
             // The layer root itself (`./`): only a directory may describe it.
             if kind.is_dir() {
+                self.saw_root = true;
                 self.apply_meta(self.root.as_fd(), c".", &meta, false)?;
                 self.dirs.push((Vec::new(), meta.mtime));
             }
@@ -118,6 +138,7 @@ impl Unpacker {
                     Err(e) => bail!("mkdir: {e}"),
                 }
                 self.apply_meta(parent.as_fd(), &cname, &meta, false)?;
+                self.implicit.remove(&components.join(&b'/'));
                 self.dirs.push((components.clone(), meta.mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -158,13 +179,14 @@ impl Unpacker {
 
     /// Open the directory holding an entry, creating missing parents (0755, as docker does).
     /// Each step refuses symlinks, so nothing planted in the layer can redirect it.
-    fn make_parents(&self, parents: &[Vec<u8>]) -> anyhow::Result<OwnedFd> {
+    fn make_parents(&mut self, parents: &[Vec<u8>]) -> anyhow::Result<OwnedFd> {
         let mut dir = sys::open_beneath(self.root.as_fd(), c".", libc::O_DIRECTORY | libc::O_RDONLY)?;
         for (i, comp) in parents.iter().enumerate() {
             let c = sys::cstring(comp)?;
             let next = match sys::open_beneath(dir.as_fd(), &c, libc::O_DIRECTORY | libc::O_RDONLY) {
                 Err(Errno::ENOENT) => {
                     sys::mkdirat(dir.as_fd(), &c, 0o755).map_err(|e| anyhow!("creating a parent directory: {e}"))?;
+                    self.implicit.insert(parents[..=i].join(&b'/'));
                     sys::open_beneath(dir.as_fd(), &c, libc::O_DIRECTORY | libc::O_RDONLY)
                 }
                 r => r,

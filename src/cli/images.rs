@@ -91,10 +91,16 @@ pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for (name, entry) in &repos.repos {
             let (registry, repository) = name.split_once('/').unwrap_or(("", name));
+            let mut tagged = false;
             for (tag, t) in &entry.tags {
                 if t.image == rec.id {
                     rows.push((reference::familiar(registry, repository), tag.clone()));
+                    tagged = true;
                 }
+            }
+            // Pulled by digest only: the repository is known, the tag is not (as docker shows).
+            if !tagged && entry.digests.values().any(|id| id == &rec.id) {
+                rows.push((reference::familiar(registry, repository), "<none>".into()));
             }
         }
         if rows.is_empty() {

@@ -16,6 +16,12 @@ pub struct LayerInfo {
     pub media_type: String,
     pub compressed_size: u64,
     pub unpacked_size: u64,
+    /// Directories the tar did not list (see `archive::unpack::Stats`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub implicit_dirs: Vec<String>,
+    /// Whether they have taken their attributes from the layers below.
+    #[serde(default)]
+    pub implicit_settled: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

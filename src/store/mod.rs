@@ -197,3 +197,37 @@ pub fn remove_tree(path: &Path) -> anyhow::Result<()> {
         Err(e) => Err(anyhow!("removing {}: {e}", path.display())),
     }
 }
+
+impl Store {
+    /// Give each directory a layer's tar needed but did not list the mode, owner and times it
+    /// has in the layers below (bottom layer first in `chain`), as applying the layers one on
+    /// another would leave them: a layer that adds `/tmp/x` must not turn a 1777 `/tmp` into
+    /// 0755. Done once per layer, by the first image that brings it, under the layer's lock.
+    pub fn settle_implicit_dirs(&self, chain: &[Digest]) -> anyhow::Result<()> {
+        for (i, diff_id) in chain.iter().enumerate() {
+            let Some(mut info) = self.layer_info(diff_id) else { continue };
+            if info.implicit_settled {
+                continue;
+            }
+            let _lock = self.lock_digest(diff_id)?;
+            let dir = sys::open_dir(&self.layer_dir(diff_id)).map_err(|e| anyhow!("layer {diff_id}: {e}"))?;
+            for path in &info.implicit_dirs {
+                let Ok(rel) = sys::cstring(path.as_bytes()) else { continue };
+                // The nearest layer below that has this directory decides.
+                let below = chain[..i].iter().rev().find_map(|lower| {
+                    let ldir = sys::open_dir(&self.layer_dir(lower)).ok()?;
+                    let fd = sys::open_beneath(ldir.as_fd(), &rel, libc::O_DIRECTORY | libc::O_RDONLY).ok()?;
+                    sys::fstat(fd.as_fd()).ok()
+                });
+                let Some(st) = below else { continue };
+                let Ok(fd) = sys::open_beneath(dir.as_fd(), &rel, libc::O_DIRECTORY | libc::O_RDONLY) else { continue };
+                sys::fchown(fd.as_fd(), st.st_uid, st.st_gid).map_err(|e| anyhow!("layer {diff_id}: chown {path}: {e}"))?;
+                sys::fchmod(fd.as_fd(), st.st_mode & 0o7777).map_err(|e| anyhow!("layer {diff_id}: chmod {path}: {e}"))?;
+                sys::futimens(fd.as_fd(), sys::stat_times(&st)).map_err(|e| anyhow!("layer {diff_id}: times of {path}: {e}"))?;
+            }
+            info.implicit_settled = true;
+            write_atomic(&self.root.join("layers").join(format!("{}.json", diff_id.hex())), &serde_json::to_vec_pretty(&info)?)?;
+        }
+        Ok(())
+    }
+}

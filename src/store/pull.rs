@@ -72,9 +72,8 @@ pub fn pull(store: &Store, repo: &RepoClient<'_>, r: &Reference, opts: &PullOpti
     let (manifest, manifest_digest, manifest_bytes) = match Manifest::parse(&bytes, content_type.as_deref())
         .with_context(|| format!("manifest of {r}"))?
     {
-        Manifest::Image(m) => (m, top_digest.clone(), bytes),
+        Manifest::Image(m) => (m, top_digest.clone(), bytes.clone()),
         Manifest::Index(index) => {
-            store.put_blob(&top_digest, &bytes)?;
             let chosen = platform::choose(&index.manifests, &opts.platform)
                 .ok_or_else(|| anyhow!("{r} has no image for platform {} (it has: {})", opts.platform, platforms_of(&index.manifests)))?;
             let (bytes, digest, ct) = repo.get_manifest(&chosen.digest.to_string())?;
@@ -84,18 +83,17 @@ pub fn pull(store: &Store, repo: &RepoClient<'_>, r: &Reference, opts: &PullOpti
             }
         }
     };
-    store.put_blob(&manifest_digest, &manifest_bytes)?;
     let config_bytes = match store.read_blob(&manifest.config.digest) {
         Ok(b) => b,
         Err(_) => repo.get_small_blob(&manifest.config.digest, MAX_CONFIG_BYTES)?,
     };
     let config = ImageConfig::parse(&config_bytes).with_context(|| format!("config {} of {r}", manifest.config.digest))?;
-    store.put_blob(&manifest.config.digest, &config_bytes)?;
     check_layers(&manifest, &config, r)?;
 
     let sizes: Vec<(Digest, u64)> = manifest.layers.iter().map(|l| (l.digest.clone(), l.size)).collect();
     obs.event(Event::Layers(&sizes));
     let (fetched_layers, fetched_bytes) = fetch_layers(store, repo, &manifest.layers, &config.rootfs.diff_ids, opts, obs)?;
+    store.settle_implicit_dirs(&config.rootfs.diff_ids)?;
 
     let record = ImageRecord {
         id: manifest.config.digest.clone(),
@@ -110,6 +108,12 @@ pub fn pull(store: &Store, repo: &RepoClient<'_>, r: &Reference, opts: &PullOpti
         created: config.created.clone(),
         pulled_at: now(),
     };
+    // Only now, with every layer verified, does anything about the image enter the store.
+    if top_digest != manifest_digest {
+        store.put_blob(&top_digest, &bytes)?;
+    }
+    store.put_blob(&manifest_digest, &manifest_bytes)?;
+    store.put_blob(&manifest.config.digest, &config_bytes)?;
     record_image(store, r, &record, &top_digest, &manifest_digest)?;
     Ok(PullResult { image: record.id, digest: top_digest, up_to_date: false, fetched_layers, fetched_bytes })
 }
@@ -284,12 +288,12 @@ fn fetch_once(
         have = stream.start;
     }
     partial.set_len(have).map_err(|e| other(anyhow!("truncating {}: {e}", partial_path.display())))?;
-    partial.seek(io::SeekFrom::Start(0)).map_err(|e| other(e.into()))?;
     if have > 0 {
         tracing::info!("layer {}: resuming the download at byte {have}", desc.digest);
     }
     obs.event(Event::Started(i, have));
-    let existing = partial.try_clone().map_err(|e| other(e.into()))?.take(have);
+    // A second open, so reading what is there and appending what arrives keep their own offsets.
+    let existing = File::open(&partial_path).map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?.take(have);
     let mut sink = partial;
     sink.seek(io::SeekFrom::Start(have)).map_err(|e| other(e.into()))?;
     let net_failed = Arc::new(AtomicBool::new(false));
@@ -302,11 +306,20 @@ fn fetch_once(
         net_failed: net_failed.clone(),
         report: &|n| obs.event(Event::Progress(i, n)),
     };
-    let classify = |e: anyhow::Error| if net_failed.load(Ordering::SeqCst) { FetchError::Network(e) } else { other(e) };
+    // A dropped connection keeps the partial file for resuming; anything else (a corrupt or
+    // hostile blob) discards it, since fetching the rest would only repeat the failure.
+    let classify = |e: anyhow::Error| {
+        if net_failed.load(Ordering::SeqCst) {
+            FetchError::Network(e)
+        } else {
+            let _ = std::fs::remove_file(&partial_path);
+            other(e)
+        }
+    };
 
     let dir = store.new_unpack_dir(diff_id).map_err(other)?;
     let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
-    let (blob, tar) = match result {
+    let (blob, tar, implicit_dirs) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = super::remove_tree(&dir);
@@ -332,6 +345,8 @@ fn fetch_once(
         media_type: desc.media_type.clone(),
         compressed_size: desc.size,
         unpacked_size: tar.1,
+        implicit_settled: implicit_dirs.is_empty(),
+        implicit_dirs,
     };
     store.commit_layer(&dir, &info).map_err(other)?;
     if opts.keep_blobs {
@@ -344,10 +359,10 @@ fn fetch_once(
 
 /// Decompress, hash and unpack; then read both streams to their ends so that the digests
 /// cover every byte. Returns ((blob digest, size), (tar digest, size)).
-fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<((Digest, u64), (Digest, u64))> {
+fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<((Digest, u64), (Digest, u64), Vec<String>)> {
     let decompressor = Decompressor::new(compression, BufReader::with_capacity(256 << 10, source)).context("starting decompression")?;
     let tar = HashingReader::new(LimitedReader::new(decompressor, max));
-    let (_stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
+    let (stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
     io::copy(&mut tar, &mut io::sink()).context("reading the end of the layer tar")?;
     let tar_bytes = tar.hasher.bytes;
     let tar_digest = std::mem::take(&mut tar.hasher).finish();
@@ -356,7 +371,7 @@ fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir
     let mut source = blob.into_inner();
     source.sink.flush()?;
     let bytes = source.hasher.bytes;
-    Ok(((std::mem::take(&mut source.hasher).finish(), bytes), (tar_digest, tar_bytes)))
+    Ok(((std::mem::take(&mut source.hasher).finish(), bytes), (tar_digest, tar_bytes), stats.implicit_dirs))
 }
 
 /// The blob's bytes: first what an earlier try left in the partial file, then the network,
