@@ -560,3 +560,37 @@ fn two_concurrent_pulls_of_one_image_both_succeed_and_store_each_layer_once() {
     let images = run_ok(shalefs(&store).arg("images"));
     assert_eq!(images.lines().count(), 2, "{images}");
 }
+
+#[test]
+fn token_auth_gets_an_anonymous_pull_token_and_refuses_bad_credentials() {
+    let f = fixture();
+    let dir = TestDir::new("pull-token");
+    let tokens = crate::util::token::TokenServer::start(dir.path());
+    let reg = Registry::start(
+        dir.path(),
+        Auth::Token {
+            realm: tokens.realm(),
+            service: crate::util::token::SERVICE.into(),
+            issuer: crate::util::token::ISSUER.into(),
+            cert: tokens.cert.clone(),
+        },
+    );
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "bob:pw"])
+            .arg(format!("oci:{}:base", f.base.layout.display()))
+            .arg(format!("docker://{}/test/base:1", reg.host())),
+    );
+    let image = format!("{}/test/base:1", reg.host());
+    let store = dir.path().join("store");
+    let before = tokens.log().len();
+    pull_ok(&store, &image, &[]);
+    let log = tokens.log();
+    let ours = &log[before..];
+    // One anonymous token for the pull scope serves the manifest, config and layer requests.
+    assert_eq!(ours, ["GET anonymous repository:test/base:pull"], "{log:?}");
+    let err = pull_err(&dir.path().join("store2"), &image, &["--creds", "bob:wrong"]);
+    assert!(err.contains("refused the credentials"), "{err}");
+    pull_ok(&dir.path().join("store3"), &image, &["--creds", "bob:pw"]);
+    assert!(tokens.log().iter().any(|l| l == "GET bob repository:test/base:pull"), "{:?}", tokens.log());
+}

@@ -4,6 +4,7 @@
 pub mod layers;
 pub mod mounts;
 pub mod registry;
+pub mod token;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

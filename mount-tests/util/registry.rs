@@ -37,7 +37,6 @@ pub struct Registry {
     child: Child,
     pub port: u16,
     pub data: PathBuf,
-    pub log: PathBuf,
 }
 
 impl Registry {
@@ -62,16 +61,15 @@ impl Registry {
             ),
         )
         .expect("write registry config");
-        let log = dir.join("registry.log");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("registry log"))
+            .stdout(std::fs::File::create(dir.join("registry.log")).expect("registry log"))
             .stderr(std::fs::File::create(dir.join("registry.err")).expect("registry log"))
             .spawn()
             .expect("start docker-registry (Debian package docker-registry)");
-        let reg = Registry { child, port, data, log };
+        let reg = Registry { child, port, data };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not listen on {port}: {}", std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default());

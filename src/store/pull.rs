@@ -272,7 +272,7 @@ fn fetch_once(
     let other = FetchError::Other;
     let compression = manifest::layer_compression(desc).map_err(|e| other(e.into()))?;
     let partial_path = store.partial_path(&desc.digest);
-    let mut partial = std::fs::OpenOptions::new()
+    let partial = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)

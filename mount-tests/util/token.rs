@@ -1,0 +1,145 @@
+//! A small token endpoint for the registry's token auth (distribution's token spec): it signs
+//! JWTs with an RSA key whose self-signed certificate the registry trusts (`rootcertbundle`),
+//! the signature made by the openssl command line tool. Anonymous requests get pull access;
+//! push needs the basic credentials bob:pw.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use super::run_ok;
+
+pub const SERVICE: &str = "shalefs-registry";
+pub const ISSUER: &str = "shalefs-test-issuer";
+
+pub struct TokenServer {
+    pub port: u16,
+    pub cert: PathBuf,
+    /// One line per token request: "<method> <anonymous|user> <scope>".
+    pub requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path) -> TokenServer {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=shalefs-token"])
+            .arg("-keyout").arg(&key).arg("-out").arg(&cert));
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().expect("openssl x509");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (reqs, stopping) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = answer(stream, &key, &x5c, &reqs);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenServer { port, cert, requests, stop }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer(stream: std::net::TcpStream, key: &Path, x5c: &str, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut user = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization: basic ").map(|_| line[21..].trim().to_string()) {
+            let raw = base64::engine::general_purpose::STANDARD.decode(v).unwrap_or_default();
+            user = Some(String::from_utf8_lossy(&raw).into_owned());
+        }
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let scopes: Vec<String> =
+        query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(percent_decode).collect();
+    let mut out = stream;
+    let who = match user.as_deref() {
+        None => "anonymous",
+        Some("bob:pw") => "bob",
+        Some(_) => {
+            log.lock().map(|mut l| l.push(format!("refused {}", scopes.join(" ")))).ok();
+            return out.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    };
+    log.lock().map(|mut l| l.push(format!("{} {who} {}", request_line.split_whitespace().next().unwrap_or(""), scopes.join(" ")))).ok();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let allowed: Vec<&str> = actions.split(',').filter(|a| *a == "pull" || who == "bob").collect();
+            Some(serde_json::json!({"type": kind, "name": name, "actions": allowed}))
+        })
+        .collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+    let claims = serde_json::json!({"iss": ISSUER, "sub": who, "aud": SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}", std::process::id()), "access": access});
+    let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    // One request at a time is served, so one scratch file will do.
+    let input_file = key.with_file_name("jwt-signing-input");
+    std::fs::write(&input_file, &signing_input)?;
+    let sig = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(key).arg(&input_file).output()?;
+    let jwt = format!("{signing_input}.{}", b64url(&sig.stdout));
+    let body = serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string();
+    write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
