@@ -478,6 +478,51 @@ fn basic_auth_from_creds_and_from_a_docker_config_file() {
     std::fs::write(home.join(".docker/config.json"), serde_json::json!({"auths": {reg.host(): {"auth": auth}}}).to_string()).unwrap();
     let store2 = home.join("store2");
     pull_ok(&store2, &image, &[]);
+    // A credential helper named in credHelpers, speaking docker's helper protocol.
+    let bin = dir.mkdir("bin");
+    let helper = bin.join("docker-credential-shalefstest");
+    std::fs::write(&helper, "#!/bin/sh\nread server\necho \"{\\\"ServerURL\\\":\\\"$server\\\",\\\"Username\\\":\\\"alice\\\",\\\"Secret\\\":\\\"secret\\\"}\"\n").unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(home.join(".docker/config.json"), serde_json::json!({"credHelpers": {reg.host(): "shalefstest"}}).to_string()).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = run(shalefs(&home.join("store3")).env("PATH", path).args(["pull", &image]));
+    assert!(out.status.success(), "credential helper pull: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tag_history_rmi_and_prune_keep_what_containers_use() {
+    let f = fixture();
+    let dir = TestDir::new("pull-rmi");
+    let reg = Registry::start(dir.path(), Auth::None);
+    let image = format!("{}/test/app:1", reg.host());
+    f.app.push(&image, &[]);
+    let store = dir.path().join("store");
+    pull_ok(&store, &image, &[]);
+    run_ok(shalefs(&store).args(["tag", &image, "localhost/mine:v2"]));
+    let images = run_ok(shalefs(&store).arg("images"));
+    assert!(images.contains("localhost/mine") && images.contains("v2"), "{images}");
+    let history = run_ok(shalefs(&store).args(["history", "localhost/mine:v2"]));
+    assert!(history.contains("umoci repack") && history.contains("umoci raw add-layer"), "{history}");
+    // With two names, rmi of one only untags.
+    let out = run_ok(shalefs(&store).args(["rmi", "localhost/mine:v2"]));
+    assert!(out.contains("Untagged") && !out.contains("Deleted"), "{out}");
+    assert_eq!(layer_count(&store), 3);
+    // A container of the image blocks rmi; --force removes the image, the container keeps its layers.
+    let mnt = dir.mkdir("mnt");
+    drop(ShaleMount::foreground(&["--root".into(), store.clone().into(), image.clone().into(), "--name".into(), "keep".into()], &mnt)
+        .unwrap_or_else(|e| panic!("{e}")));
+    let err = run(shalefs(&store).args(["rmi", &image]));
+    assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("used by container(s) keep"));
+    run_ok(shalefs(&store).args(["rmi", "--force", &image]));
+    assert_eq!(layer_count(&store), 3, "layers a container uses were deleted");
+    let _m = ShaleMount::foreground(&["--root".into(), store.clone().into(), "--container".into(), "keep".into()], &mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read_to_string(mnt.join("etc/greeting")).unwrap(), "hello\n");
+    drop(_m);
+    run_ok(shalefs(&store).args(["rm", "keep"]));
+    let out = run_ok(shalefs(&store).arg("prune"));
+    assert!(out.contains("Removed 0 images and 3 layers"), "{out}");
+    assert_eq!(layer_count(&store), 0);
 }
 
 /// Each class of hostile layer fails the pull with an error naming the entry, leaves no layer
@@ -544,8 +589,9 @@ fn two_concurrent_pulls_of_one_image_both_succeed_and_store_each_layer_once() {
     let f = fixture();
     let dir = TestDir::new("pull-concurrent");
     let reg = Registry::start(dir.path(), Auth::None);
-    let image = format!("{}/test/app:1", reg.host());
-    f.app.push(&image, &[]);
+    f.app.push(&format!("{}/test/app:1", reg.host()), &[]);
+    let proxy = Proxy::start(reg.port, ProxyBehaviour::default());
+    let image = format!("{}/test/app:1", proxy.host());
     let store = dir.path().join("store");
     let children: Vec<_> = (0..2)
         .map(|_| shalefs(&store).args(["pull", &image]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
@@ -555,6 +601,18 @@ fn two_concurrent_pulls_of_one_image_both_succeed_and_store_each_layer_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(layer_count(&store), 3);
+    // One download per layer: the second process waited on the first one's lock, then found
+    // the layer there. (The config is small and fetched by both.)
+    let manifest: serde_json::Value = ureq::get(&format!("http://{}/v2/test/app/manifests/1", reg.host()))
+        .set("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .call()
+        .map(|r| serde_json::from_reader(r.into_reader()).unwrap())
+        .unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let digest = layer["digest"].as_str().unwrap();
+        let gets = proxy.log().iter().filter(|l| l.starts_with("GET ") && l.contains(digest)).count();
+        assert_eq!(gets, 1, "layer {digest} was downloaded {gets} times: {:?}", proxy.log());
+    }
     let tmp = listing(&store.join("tmp"));
     assert!(tmp.is_empty(), "left in tmp: {tmp:?}");
     let images = run_ok(shalefs(&store).arg("images"));
