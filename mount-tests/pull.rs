@@ -652,3 +652,43 @@ fn token_auth_gets_an_anonymous_pull_token_and_refuses_bad_credentials() {
     pull_ok(&dir.path().join("store3"), &image, &["--creds", "bob:pw"]);
     assert!(tokens.log().iter().any(|l| l == "GET bob repository:test/base:pull"), "{:?}", tokens.log());
 }
+
+#[test]
+fn a_registry_answering_503_and_429_is_retried_with_backoff() {
+    let f = fixture();
+    let dir = TestDir::new("pull-retry");
+    let reg = Registry::start(dir.path(), Auth::None);
+    f.base.push(&format!("{}/test/base:1", reg.host()), &[]);
+    let proxy = Proxy::start(reg.port, ProxyBehaviour { fail_first: 2, ..Default::default() });
+    let store = dir.path().join("store");
+    pull_ok(&store, &format!("{}/test/base:1", proxy.host()), &[]);
+    let log = proxy.log();
+    assert!(log.len() >= 3 && log[0] == log[1] && log[1] == log[2], "the manifest request was not retried: {log:?}");
+    assert_eq!(layer_count(&store), 1);
+}
+
+/// A tmpfs mount for the store, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_pull_clearly_and_records_nothing_unverified() {
+    let f = fixture();
+    let dir = TestDir::new("pull-full");
+    let reg = Registry::start(dir.path(), Auth::None);
+    f.app.push(&format!("{}/test/app:1", reg.host()), &[]);
+    let store = dir.mkdir("store");
+    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "shalefs-test-full"]).arg(&store));
+    let _guard = Tmpfs(store.clone());
+    let err = pull_err(&store, &format!("{}/test/app:1", reg.host()), &[]);
+    assert!(err.contains("No space left on device") && err.contains("layer sha256:"), "{err}");
+    // The busybox layer did not fit; the small layers that did are verified and may stay.
+    assert!(!store.join("layers").join(manifest_diff_id(&reg, "test/app", 0)).exists());
+    assert!(listing(&store.join("images")).is_empty());
+    assert!(listing(&store.join("tmp")).is_empty(), "{:?}", listing(&store.join("tmp")));
+}

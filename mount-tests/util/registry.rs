@@ -104,6 +104,8 @@ pub struct ProxyBehaviour {
     pub slow_blobs: Option<Duration>,
     /// Answer every request with a 503.
     pub always_503: bool,
+    /// Answer the first N requests with 503 and 429 (alternately), then forward.
+    pub fail_first: usize,
 }
 
 /// A logging HTTP proxy in front of a registry: one request per connection (it asks both
@@ -124,14 +126,15 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let behaviour = Arc::new(behaviour);
         let cut_done = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
         let (reqs, stopping) = (requests.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let (reqs, b, cut) = (reqs.clone(), behaviour.clone(), cut_done.clone());
+                        let (reqs, b, cut, n) = (reqs.clone(), behaviour.clone(), cut_done.clone(), served.clone());
                         std::thread::spawn(move || {
-                            let _ = serve_one(client, upstream, &reqs, &b, &cut);
+                            let _ = serve_one(client, upstream, &reqs, &b, &cut, &n);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -156,7 +159,14 @@ impl Drop for Proxy {
     }
 }
 
-fn serve_one(client: TcpStream, upstream: u16, log: &Mutex<Vec<String>>, b: &ProxyBehaviour, cut: &AtomicUsize) -> std::io::Result<()> {
+fn serve_one(
+    client: TcpStream,
+    upstream: u16,
+    log: &Mutex<Vec<String>>,
+    b: &ProxyBehaviour,
+    cut: &AtomicUsize,
+    served: &AtomicUsize,
+) -> std::io::Result<()> {
     client.set_nonblocking(false)?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -193,8 +203,10 @@ fn serve_one(client: TcpStream, upstream: u16, log: &Mutex<Vec<String>>, b: &Pro
         l.push(record.clone());
     }
     let mut client = client;
-    if b.always_503 {
-        client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let nth = served.fetch_add(1, Ordering::SeqCst);
+    if b.always_503 || nth < b.fail_first {
+        let status = if nth % 2 == 1 && !b.always_503 { "429 Too Many Requests" } else { "503 Service Unavailable" };
+        write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
