@@ -45,7 +45,7 @@ fn unescape(s: &str) -> String {
 
 pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
     let store = Store::open(&Store::root_from(root.as_deref()))?;
-    println!("{:<24} {:<40} {:<14} {:<24} {}", "NAME", "IMAGE", "IMAGE ID", "CREATED", "MOUNTED ON");
+    println!("{:<24} {:<40} {:<14} {:<24} MOUNTED ON", "NAME", "IMAGE", "IMAGE ID", "CREATED");
     for c in store.all_containers()? {
         let created = super::images::human_age(Some(&rfc3339_of(c.created_at)));
         let mounted = mountpoints_of(&c.name).join(",");

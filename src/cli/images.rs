@@ -83,7 +83,7 @@ pub struct ImagesArgs {
 pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
     let store = open(root)?;
     let repos = store.load_repositories()?;
-    println!("{:<40} {:<20} {:<14} {:<24} {}", "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE");
+    println!("{:<40} {:<20} {:<14} {:<24} SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED");
     for rec in store.all_images()? {
         let id = if args.no_trunc { rec.id.to_string() } else { rec.id.short().to_string() };
         let size = human_size(image_size(&store, &rec));
@@ -170,7 +170,7 @@ pub fn history(args: HistoryArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
         let size = if h.empty_layer { 0 } else { layers.next().and_then(|l| store.layer_info(&l.diff_id)).map_or(0, |i| i.unpacked_size) };
         rows.push((h.created.clone(), h.created_by.clone().unwrap_or_default(), size, h.comment.clone().unwrap_or_default()));
     }
-    println!("{:<14} {:<24} {:<50} {:<10} {}", "IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT");
+    println!("{:<14} {:<24} {:<50} {:<10} COMMENT", "IMAGE", "CREATED", "CREATED BY", "SIZE");
     for (i, (created, by, size, comment)) in rows.iter().rev().enumerate() {
         let image = if i == 0 { id.short().to_string() } else { "<missing>".into() };
         let by = if args.no_trunc || by.chars().count() <= 47 { by.clone() } else { format!("{}...", by.chars().take(47).collect::<String>()) };

@@ -26,12 +26,12 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
         match c {
             '\\' => {
                 if let Some(next) = chars.next() {
-                    parts.last_mut().map(|p| p.push(next));
+                    if let Some(p) = parts.last_mut() { p.push(next) }
                 }
             }
             c if c == sep => parts.push(String::new()),
             c => {
-                parts.last_mut().map(|p| p.push(c));
+                if let Some(p) = parts.last_mut() { p.push(c) }
             }
         }
     }
@@ -46,16 +46,16 @@ fn split_options(s: &str) -> Vec<String> {
         let cur = parts.last_mut();
         match (escaped, c) {
             (true, c) => {
-                cur.map(|p| p.push(c));
+                if let Some(p) = cur { p.push(c) }
                 escaped = false;
             }
             (false, '\\') => {
-                cur.map(|p| p.push('\\'));
+                if let Some(p) = cur { p.push('\\') }
                 escaped = true;
             }
             (false, ',') => parts.push(String::new()),
             (false, c) => {
-                cur.map(|p| p.push(c));
+                if let Some(p) = cur { p.push(c) }
             }
         }
     }

@@ -39,15 +39,14 @@ impl Progress {
     }
 
     pub fn finish(&self) {
-        if let Progress::Bars(b) = self {
-            if let Ok(b) = b.lock() {
+        if let Progress::Bars(b) = self
+            && let Ok(b) = b.lock() {
                 for bar in &b.bars {
                     if !bar.is_finished() {
                         bar.abandon();
                     }
                 }
             }
-        }
     }
 }
 

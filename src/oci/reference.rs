@@ -47,7 +47,7 @@ impl Reference {
             None => (name_tag, None),
         };
         if let Some(tag) = tag {
-            check_tag(tag).map_err(|w| err(w))?;
+            check_tag(tag).map_err(&err)?;
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
@@ -55,11 +55,11 @@ impl Reference {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        check_registry(&registry).map_err(|w| err(w))?;
+        check_registry(&registry).map_err(&err)?;
         let registry = if registry == "index.docker.io" { DOCKER_HUB.to_string() } else { registry };
         let repository =
             if registry == DOCKER_HUB && !repository.contains('/') { format!("library/{repository}") } else { repository };
-        check_repository(&repository).map_err(|w| err(w))?;
+        check_repository(&repository).map_err(err)?;
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, Some(_)) => None,

@@ -99,11 +99,10 @@ pub fn stored_credentials(registry: &str) -> anyhow::Result<Option<Credentials>>
         if let Some((key, helper)) = file.cred_helpers.iter().find(|(k, _)| key_matches(k, registry)) {
             return credential_helper(helper, key);
         }
-        if let Some(entry) = file.auths.iter().find(|(k, _)| key_matches(k, registry)).map(|(_, v)| v) {
-            if let Some(c) = decode_entry(entry, &path)? {
+        if let Some(entry) = file.auths.iter().find(|(k, _)| key_matches(k, registry)).map(|(_, v)| v)
+            && let Some(c) = decode_entry(entry, &path)? {
                 return Ok(Some(c));
             }
-        }
         if let Some(store) = &file.creds_store {
             let key = if key_matches("docker.io", registry) { "https://index.docker.io/v1/" } else { registry };
             if let Some(c) = credential_helper(store, key)? {

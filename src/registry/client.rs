@@ -124,11 +124,10 @@ impl RepoClient<'_> {
         let content_type = resp.header("Content-Type").map(String::from);
         let bytes = read_bounded(resp, MAX_MANIFEST_BYTES).with_context(|| format!("manifest {key}"))?;
         let digest = Digest::of_bytes(&bytes);
-        if let Ok(wanted) = Digest::parse(key) {
-            if wanted != digest {
+        if let Ok(wanted) = Digest::parse(key)
+            && wanted != digest {
                 bail!("manifest {key}: the registry sent content whose digest is {digest}");
             }
-        }
         Ok((bytes, digest, content_type))
     }
 
@@ -246,11 +245,10 @@ impl RepoClient<'_> {
             for (k, v) in headers {
                 req = req.set(k, v);
             }
-            if same_origin {
-                if let Some(a) = self.auth_header(ep)? {
+            if same_origin
+                && let Some(a) = self.auth_header(ep)? {
                     req = req.set("Authorization", &a);
                 }
-            }
             resp = match req.call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(code, r)) => return Err(status_error(method, &next, code, r, ep)),
@@ -379,11 +377,10 @@ fn status_error(method: &str, url: &str, code: u16, resp: ureq::Response, ep: &E
 }
 
 fn read_bounded(resp: ureq::Response, max: u64) -> anyhow::Result<Vec<u8>> {
-    if let Some(len) = resp.header("Content-Length").and_then(|l| l.parse::<u64>().ok()) {
-        if len > max {
+    if let Some(len) = resp.header("Content-Length").and_then(|l| l.parse::<u64>().ok())
+        && len > max {
             bail!("{len} bytes is larger than the {max}-byte limit");
         }
-    }
     let mut bytes = Vec::new();
     resp.into_reader().take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {

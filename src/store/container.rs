@@ -60,11 +60,10 @@ impl Store {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.root.join("containers"))? {
             let name = entry?.file_name();
-            if let Some(name) = name.to_str() {
-                if let Ok(c) = self.load_container(name) {
+            if let Some(name) = name.to_str()
+                && let Ok(c) = self.load_container(name) {
                     out.push(c);
                 }
-            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -166,11 +166,10 @@ impl Store {
     /// `sha256:`-prefixed, or a unique prefix of at least 4 hex digits), as docker accepts.
     pub fn resolve_image(&self, name: &str) -> anyhow::Result<Digest> {
         let repos = self.load_repositories()?;
-        if let Ok(r) = Reference::parse(name) {
-            if let Some(id) = repos.lookup(&r) {
+        if let Ok(r) = Reference::parse(name)
+            && let Some(id) = repos.lookup(&r) {
                 return Ok(id.clone());
             }
-        }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<Digest> =

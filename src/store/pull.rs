@@ -319,7 +319,7 @@ fn fetch_once(
 
     let dir = store.new_unpack_dir(diff_id).map_err(other)?;
     let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
-    let (blob, tar, implicit_dirs) = match result {
+    let Unpacked { blob, tar, implicit_dirs } = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = super::remove_tree(&dir);
@@ -357,9 +357,16 @@ fn fetch_once(
     Ok(desc.size - have)
 }
 
+/// What one pass over a layer blob measured.
+struct Unpacked {
+    blob: (Digest, u64),
+    tar: (Digest, u64),
+    implicit_dirs: Vec<String>,
+}
+
 /// Decompress, hash and unpack; then read both streams to their ends so that the digests
-/// cover every byte. Returns ((blob digest, size), (tar digest, size)).
-fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<((Digest, u64), (Digest, u64), Vec<String>)> {
+/// cover every byte.
+fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<Unpacked> {
     let decompressor = Decompressor::new(compression, BufReader::with_capacity(256 << 10, source)).context("starting decompression")?;
     let tar = HashingReader::new(LimitedReader::new(decompressor, max));
     let (stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
@@ -371,7 +378,11 @@ fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir
     let mut source = blob.into_inner();
     source.sink.flush()?;
     let bytes = source.hasher.bytes;
-    Ok(((std::mem::take(&mut source.hasher).finish(), bytes), (tar_digest, tar_bytes), stats.implicit_dirs))
+    Ok(Unpacked {
+        blob: (std::mem::take(&mut source.hasher).finish(), bytes),
+        tar: (tar_digest, tar_bytes),
+        implicit_dirs: stats.implicit_dirs,
+    })
 }
 
 /// The blob's bytes: first what an earlier try left in the partial file, then the network,

@@ -103,11 +103,10 @@ impl Union {
         if node.kind() == libc::S_IFREG && real.st_nlink > 1 && layer.role == Role::Lower {
             let map = self.alias_map(lower.layer)?;
             for alias in map.get(&real.st_ino).into_iter().flatten() {
-                if let Ok(f) = self.resolve(alias) {
-                    if f.ino == node.ino {
+                if let Ok(f) = self.resolve(alias)
+                    && f.ino == node.ino {
                         return Ok(f.path);
                     }
-                }
             }
         }
         Err(Errno::ENOENT)
@@ -151,7 +150,7 @@ impl Union {
         if let Some(node) = self.nodes.find(found.ino) {
             node.update(|s| {
                 if found.kind == libc::S_IFDIR {
-                    if !s.branches.first().is_some_and(|b| b.layer == 0) {
+                    if s.branches.first().is_none_or(|b| b.layer != 0) {
                         s.branches.insert(0, branch);
                     }
                 } else {
@@ -239,7 +238,7 @@ impl Union {
             if self.is_upper(&f.branches) {
                 continue;
             }
-            self.ensure_upper_dir(&sys::cstring(&parent_of(&f.path.to_bytes()))?)?;
+            self.ensure_upper_dir(&sys::cstring(&parent_of(f.path.to_bytes()))?)?;
             match sys::linkat(upper.fd(), &found.path, upper.fd(), &f.path) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(e),
@@ -257,11 +256,10 @@ impl Union {
                     continue;
                 }
                 let rel = join(dir, &name);
-                if let Some(r) = sys::cstring(&rel).ok().and_then(|c| layer.overlay_xattr(&c, b"redirect")) {
-                    if let Some((d, n)) = super::lookup::redirect_target(dir, &r) {
+                if let Some(r) = sys::cstring(&rel).ok().and_then(|c| layer.overlay_xattr(&c, b"redirect"))
+                    && let Some((d, n)) = super::lookup::redirect_target(dir, &r) {
                         out.push((rel.clone(), join(&d, &n)));
                     }
-                }
                 walk(u, layer, &rel, out);
             }
         }

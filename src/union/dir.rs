@@ -221,11 +221,10 @@ impl Union {
     /// A lower object lost a name. The kernel's node for it is gone with it — unless it is a
     /// file with other names, which lives on through them (its lower branch stays valid).
     fn name_gone_from_lower(&self, found: &Found) {
-        if let Some(n) = self.nodes.find(found.ino) {
-            if found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
+        if let Some(n) = self.nodes.find(found.ino)
+            && (found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1) {
                 n.update(|s| s.branches.clear());
             }
-        }
     }
 
     /// Take an upper entry out of the tree, leaving a whiteout if a lower name would show.
@@ -288,11 +287,10 @@ impl Union {
                 if kind != libc::S_IFDIR && d_ino == ino {
                     return Some(rel);
                 }
-                if kind == libc::S_IFDIR {
-                    if let Some(found) = walk(layer, &rel, ino) {
+                if kind == libc::S_IFDIR
+                    && let Some(found) = walk(layer, &rel, ino) {
                         return Some(found);
                     }
-                }
             }
             None
         }
@@ -373,11 +371,10 @@ impl Union {
         if let Some(n) = self.nodes.find(src.ino) {
             n.parent.store(npnode.ino, Ordering::Relaxed);
         }
-        if let (true, Some(d)) = (exchange, &dst) {
-            if let Some(n) = self.nodes.find(d.ino) {
+        if let (true, Some(d)) = (exchange, &dst)
+            && let Some(n) = self.nodes.find(d.ino) {
                 n.parent.store(parent, Ordering::Relaxed);
             }
-        }
         Ok(())
     }
 

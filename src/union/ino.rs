@@ -38,11 +38,10 @@ impl InoMap {
 
     /// The merged-view inode number of the real object `(dev, ino)`.
     pub fn map(&self, dev: u64, ino: u64) -> u64 {
-        if let Some(&idx) = self.fs_index.get(&dev) {
-            if ino < (1 << REAL_BITS) && idx < MAX_FS_INDEX {
+        if let Some(&idx) = self.fs_index.get(&dev)
+            && ino < (1 << REAL_BITS) && idx < MAX_FS_INDEX {
                 return ((idx + 1) << REAL_BITS) | ino;
             }
-        }
         let mut table = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
         let next = OVERFLOW_BASE + table.len() as u64;
         *table.entry((dev, ino)).or_insert(next)

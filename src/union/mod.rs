@@ -118,13 +118,11 @@ impl Union {
     /// The kernel let go of `n` references. A removed object that was kept in the work
     /// directory because it was open goes for good with the last one.
     pub fn forget(&self, ino: u64, n: u64) {
-        if let Some(node) = self.nodes.forget(ino, n) {
-            if let Ok(top) = node.top() {
-                if top.layer == layer::WORK_LAYER {
+        if let Some(node) = self.nodes.forget(ino, n)
+            && let Ok(top) = node.top()
+                && top.layer == layer::WORK_LAYER {
                     self.remove_work_tree(&top.path);
                 }
-            }
-        }
     }
 
     /// How many objects the kernel holds: for tests and for the daemon's own accounting.
