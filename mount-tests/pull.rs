@@ -343,17 +343,30 @@ fn manifest_diff_id(reg: &Registry, repo: &str, i: usize) -> String {
     config["rootfs"]["diff_ids"][i].as_str().unwrap().trim_start_matches("sha256:").to_string()
 }
 
+struct NoiseImage {
+    noise: Vec<u8>,
+    diff: String,
+    blob_hex: String,
+}
+
+/// An image of one gzip layer holding `size` incompressible bytes, so that its blob is big
+/// enough to cut or slow down in the middle.
+fn push_noise_image(dir: &TestDir, reg: &Registry, repo: &str, size: usize) -> NoiseImage {
+    let src = dir.mkdir("src");
+    let noise = random_bytes(size);
+    std::fs::write(src.join("noise"), &noise).unwrap();
+    let (tar, diff) = registry::gnu_tar(&src);
+    let blob = registry::compress_with("gzip", &["-c", "-1"], &tar);
+    let blob_hex = registry::sha256_hex(&blob);
+    registry::push_image(&reg.host(), repo, "1", &[(blob, "application/vnd.oci.image.layer.v1.tar+gzip", diff.clone())], "amd64");
+    NoiseImage { noise, diff, blob_hex }
+}
+
 #[test]
 fn a_connection_dropped_mid_blob_resumes_with_a_range_request() {
     let dir = TestDir::new("pull-drop");
     let reg = Registry::start(dir.path(), Auth::None);
-    let src = dir.mkdir("src");
-    // Incompressible content, so the blob is big enough to cut in the middle.
-    let noise = random_bytes(4_000_000);
-    std::fs::write(src.join("noise"), &noise).unwrap();
-    let (tar, diff) = registry::gnu_tar(&src);
-    let blob = registry::compress_with("gzip", &["-c", "-1"], &tar);
-    registry::push_image(&reg.host(), "test/big", "1", &[(blob, "application/vnd.oci.image.layer.v1.tar+gzip", diff.clone())], "amd64");
+    let NoiseImage { noise, diff, .. } = push_noise_image(&dir, &reg, "test/big", 4_000_000);
     let proxy = Proxy::start(reg.port, ProxyBehaviour { cut_first_blob_after: Some(1_000_000), ..Default::default() });
     let store = dir.path().join("store");
     let out = pull_ok(&store, &format!("{}/test/big:1", proxy.host()), &[]);
@@ -370,14 +383,7 @@ fn a_connection_dropped_mid_blob_resumes_with_a_range_request() {
 fn a_killed_pull_resumes_where_it_stopped() {
     let dir = TestDir::new("pull-kill");
     let reg = Registry::start(dir.path(), Auth::None);
-    let src = dir.mkdir("src");
-    let noise = random_bytes(3_000_000);
-    std::fs::write(src.join("noise"), &noise).unwrap();
-    let (tar, diff) = registry::gnu_tar(&src);
-    let blob = registry::compress_with("gzip", &["-c", "-1"], &tar);
-    let blob_hex = registry::sha256_hex(&blob);
-    registry::push_image(&reg.host(), "test/slow", "1", &[(blob, "application/vnd.oci.image.layer.v1.tar+gzip", diff.clone())], "amd64");
-    let image = format!("{}/test/slow:1", reg.host());
+    let NoiseImage { noise, diff, blob_hex } = push_noise_image(&dir, &reg, "test/slow", 3_000_000);
     let store = dir.path().join("store");
     {
         // Through a slow proxy, kill -9 the pull once part of the blob is on disk.
@@ -399,7 +405,6 @@ fn a_killed_pull_resumes_where_it_stopped() {
         assert!(!store.join("layers").join(&diff).exists(), "a layer became visible before it was complete");
     }
     let proxy = Proxy::start(reg.port, ProxyBehaviour::default());
-    let _ = image;
     pull_ok(&store, &format!("{}/test/slow:1", proxy.host()), &[]);
     let log = proxy.log();
     assert!(log.iter().any(|l| l.contains(&blob_hex) && l.contains("Range: bytes=")), "no resumed download: {log:?}");
