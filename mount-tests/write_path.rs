@@ -109,16 +109,42 @@ fn copy_up_keeps_data_holes_owner_mode_times_and_xattrs() {
     assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none(), "work dir left empty");
 }
 
+/// Read a lower file through a read-only handle, rewrite it in place through a second handle
+/// (a copy-up), then read again through the first: what each read saw.
+fn read_before_and_after_copy_up(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let ro = std::fs::File::open(path).unwrap();
+    let mut buf = [0u8; 6];
+    let n = ro.read_at(&mut buf, 0).unwrap();
+    let before = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let rw = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    rw.write_at(b"NEW", 0).unwrap();
+    let n = ro.read_at(&mut buf, 0).unwrap();
+    let after = String::from_utf8_lossy(&buf[..n]).into_owned();
+    drop((ro, rw));
+    vec![before, after, std::fs::read_to_string(path).unwrap()]
+}
+
 #[test]
 fn open_files_survive_copy_up_and_unlink() {
-    let rw = Rw::new("openfiles", LayerSpec::new().file("f", "lower data").file("g", "g"));
+    let rw = Rw::new("openfiles", LayerSpec::new().file("f", "lower data").file("g", "g").file("h", "old h\n"));
     let _m = rw.mount();
     let mut reader = std::fs::File::open(rw.m("f")).unwrap();
     std::fs::write(rw.m("f"), "upper data").unwrap();
     let mut old = String::new();
     reader.read_to_string(&mut old).unwrap();
-    assert_eq!(old, "lower data", "a file open before copy-up keeps reading what it opened");
+    // As on kernel overlayfs (which re-opens the real file), a handle opened before the copy-up
+    // reads the copy; new opens too.
+    assert_eq!(old, "upper data", "a file open before copy-up reads the copy");
     assert_eq!(std::fs::read_to_string(rw.m("f")).unwrap(), "upper data", "new opens see the copy");
+    // The same with the reader's pages already cached, on shalefs and kernel overlayfs alike.
+    let seen = read_before_and_after_copy_up(&rw.m("h"));
+    let kdir = TestDir::new("openfiles-kernel");
+    let kl = kdir.path().join("lower");
+    LayerSpec::new().file("h", "old h\n").build(&kl, Encoding::Overlay);
+    let (ku, kw, km) = (kdir.mkdir("upper"), kdir.mkdir("work"), kdir.mkdir("mnt"));
+    let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
+    assert_eq!(seen, read_before_and_after_copy_up(&km.join("h")));
 
     let mut w = std::fs::OpenOptions::new().read(true).write(true).open(rw.m("g")).unwrap();
     std::fs::remove_file(rw.m("g")).unwrap();
@@ -133,7 +159,8 @@ fn open_files_survive_copy_up_and_unlink() {
     w.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still");
     drop(w);
-    assert_eq!(upper_kinds(&rw.upper), vec![("f".into(), libc::S_IFREG, 0), ("g".into(), libc::S_IFCHR, 0)]);
+    let kinds = vec![("f".into(), libc::S_IFREG, 0), ("g".into(), libc::S_IFCHR, 0), ("h".into(), libc::S_IFREG, 0)];
+    assert_eq!(upper_kinds(&rw.upper), kinds);
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub struct MountArgs {
     /// Worker threads serving requests
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Serve file reads and writes in the daemon instead of FUSE passthrough (Linux ≥ 6.9,
+    /// root), which is used when the kernel allows it
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Name the container made for IMAGE (default: from the image name and a random suffix)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -83,6 +87,7 @@ pub struct MountPlan {
     pub fsname: String,
     pub flags: MountFlags,
     pub threads: usize,
+    pub passthrough: bool,
 }
 
 #[derive(Debug)]
@@ -252,6 +257,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         fsname: source.fsname.or(opts.fsname).unwrap_or_else(|| "shalefs".into()),
         flags,
         threads: args.threads.unwrap_or_else(session::default_threads),
+        passthrough: !args.no_passthrough,
     })
 }
 
@@ -354,7 +360,7 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
     // a second time.
     sys::set_umask(0);
     let union = build_union(&plan)?;
-    let fs = ShaleFs::new(union, cache_ttl(&plan));
+    let fs = ShaleFs::new(union, cache_ttl(&plan), plan.passthrough);
     let opts = SessionOptions {
         mountpoint: plan.mountpoint.clone(),
         fsname: plan.fsname.clone(),

@@ -1,6 +1,7 @@
 //! The FUSE glue: `impl fuser::Filesystem` for a [`Union`]. Each method converts its arguments,
 //! calls the union once, and replies once; all overlay logic lives in [`crate::union`].
 
+pub mod backing;
 pub mod reply;
 pub mod session;
 
@@ -15,6 +16,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 
+use crate::union::file::OpenFile;
 use crate::union::{Entry, Union};
 use crate::union::attr::{SetAttr, SetTime};
 use crate::union::dir::{Caller, NewObject};
@@ -25,19 +27,42 @@ pub struct ShaleFs {
     union: Union,
     /// How long the kernel may cache entries and attributes without asking again.
     ttl: Duration,
+    /// Ask the kernel for FUSE passthrough of file I/O.
+    want_passthrough: bool,
+    backings: backing::Backings,
 }
 
 impl ShaleFs {
-    pub fn new(union: Union, ttl: Duration) -> ShaleFs {
-        ShaleFs { union, ttl }
+    pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
+        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default() }
     }
 
-    /// Flags for every open file. No FLUSH on close: shalefs handles no lock requests (the
-    /// kernel keeps POSIX locks itself), so a flush would be a round trip that does nothing.
-    /// Without an upper nothing can change: the kernel may keep file pages across opens.
-    fn open_flags(&self) -> FopenFlags {
-        let keep = if self.union.is_read_only() { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    /// Reply to an open: through to the real file when the kernel allows it.
+    fn reply_open(&self, ino: u64, fh: u64, reply: ReplyOpen) {
+        let Ok(open) = self.union.open_file(fh) else {
+            return reply.opened(FileHandle(fh), self.open_flags(None));
+        };
+        match self.backings.open(ino, fh, &open, |fd| reply.open_backing(fd)) {
+            backing::Reply::Passthrough(id, extra) => reply.opened_passthrough(FileHandle(fh), Self::passthrough_flags() | extra, &id),
+            backing::Reply::Plain(extra) => reply.opened(FileHandle(fh), self.open_flags(Some(&open)) | extra),
+        }
+    }
+
+    /// Flags for an open file the daemon serves. No FLUSH on close: shalefs handles no lock
+    /// requests (the kernel keeps POSIX locks itself), so a flush would be a round trip that
+    /// does nothing. A lower file's content changes only through this daemon (after a copy-up,
+    /// whose writes update the page cache as they pass), so its pages may outlive the open;
+    /// an upper file may also have been written through passthrough, which bypasses them.
+    fn open_flags(&self, open: Option<&OpenFile>) -> FopenFlags {
+        let lower = self.union.is_read_only() || open.is_some_and(|o| o.may_move);
+        let keep = if lower { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
         FopenFlags::FOPEN_NOFLUSH | keep
+    }
+
+    /// The flags of a passthrough open: the kernel refuses any outside FOPEN_PASSTHROUGH_MASK
+    /// (KEEP_CACHE has no meaning there: the page cache is the backing file's).
+    fn passthrough_flags() -> FopenFlags {
+        FopenFlags::FOPEN_NOFLUSH
     }
 
     /// Every change to a directory goes through this daemon, and the kernel drops its cached
@@ -59,6 +84,13 @@ impl Filesystem for ShaleFs {
         let supported = wanted & config.capabilities();
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough to files on an ordinary filesystem: stack depth 1 (so this mount can in
+        // turn be a layer of kernel overlayfs).
+        if self.want_passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            self.backings.enable(ok);
+            tracing::debug!("FUSE passthrough {}", if ok { "on" } else { "refused" });
+        }
         Ok(())
     }
 
@@ -86,7 +118,7 @@ impl Filesystem for ShaleFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.union.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags()),
+            Ok(fh) => self.reply_open(ino.0, fh, reply),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -122,6 +154,7 @@ impl Filesystem for ShaleFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backings.release(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -291,7 +324,23 @@ impl Filesystem for ShaleFs {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
         match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
             Ok((e, fh)) => {
-                reply.created(&self.ttl, &file_attr(&e.stat), Generation(e.generation), FileHandle(fh), self.open_flags())
+                let (attr, generation) = (file_attr(&e.stat), Generation(e.generation));
+                let open = self.union.open_file(fh);
+                let decision = open.as_ref().map(|o| self.backings.open(e.stat.st_ino, fh, o, |fd| reply.open_backing(fd)));
+                match decision {
+                    Ok(backing::Reply::Passthrough(id, extra)) => reply.created_passthrough(
+                        &self.ttl,
+                        &attr,
+                        generation,
+                        FileHandle(fh),
+                        Self::passthrough_flags() | extra,
+                        &id,
+                    ),
+                    Ok(backing::Reply::Plain(extra)) => {
+                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), self.open_flags(None) | extra)
+                    }
+                    Err(_) => reply.created(&self.ttl, &attr, generation, FileHandle(fh), self.open_flags(None)),
+                }
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -39,7 +39,7 @@ impl Union {
         let node = self.nodes.get(ino)?;
         let top = node.top();
         let mut st = match fh.and_then(|fh| self.files.get(fh).ok()) {
-            Some(open) => sys::fstat(std::os::fd::AsFd::as_fd(&open.file))?,
+            Some(open) => sys::fstat(self.current_fd(&open)?)?,
             None => {
                 let top = top.as_ref().map_err(|e| *e)?;
                 self.stack.get(top.layer)?.stat(&top.path)?
@@ -68,7 +68,7 @@ impl Union {
         }
         if let Some(size) = change.size {
             match fh.and_then(|fh| self.files.get(fh).ok()).filter(|f| f.writable) {
-                Some(open) => sys::ftruncate(std::os::fd::AsFd::as_fd(&open.file), size)?,
+                Some(open) => sys::ftruncate(open.fd(), size)?,
                 None => {
                     if node.kind() != libc::S_IFREG {
                         return Err(if node.is_dir() { Errno::EISDIR } else { Errno::EINVAL });

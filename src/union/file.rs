@@ -3,21 +3,37 @@
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
 
 use std::fs::File;
-use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::Ordering;
 
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
+use super::layer::Role;
 use super::node::Node;
 use super::readdir::OpenDir;
 
 #[derive(Debug)]
 pub struct OpenFile {
-    pub file: File,
+    /// The real file as opened.
+    file: File,
+    /// The upper copy, once a copy-up has moved the file: reads through a handle opened before
+    /// see the copy, as on kernel overlayfs (ovl_real_fdget re-opens the real file).
+    moved: OnceLock<File>,
     pub node: Arc<Node>,
     pub writable: bool,
+    /// Opened on a lower layer of a writable mount, so a copy-up may move it. Only read-only
+    /// opens stay on a lower layer (a writable open copies up first). Such a handle cannot use
+    /// FUSE passthrough, whose backing file cannot change under an open handle.
+    pub may_move: bool,
+}
+
+impl OpenFile {
+    /// The real file this handle reads and writes now.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.moved.get().unwrap_or(&self.file).as_fd()
+    }
 }
 
 impl Drop for OpenFile {
@@ -53,13 +69,15 @@ impl Union {
             self.copy_up_node(&node, flags & libc::O_TRUNC == 0)?;
         }
         let top = node.top()?;
-        let fd = sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, flags & PASSED_FLAGS)?;
-        Ok(self.add_open_file(node, File::from(fd), writable))
+        let layer = self.stack.get(top.layer)?;
+        let fd = sys::open_beneath(layer.fd(), &top.path, flags & PASSED_FLAGS)?;
+        let may_move = layer.role == Role::Lower && !self.is_read_only();
+        Ok(self.add_open_file(node, File::from(fd), writable, may_move))
     }
 
-    fn add_open_file(&self, node: Arc<Node>, file: File, writable: bool) -> u64 {
+    fn add_open_file(&self, node: Arc<Node>, file: File, writable: bool, may_move: bool) -> u64 {
         node.open_count.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(OpenFile { file, node, writable })
+        self.files.insert(OpenFile { file, moved: OnceLock::new(), node, writable, may_move })
     }
 
     /// Create and open a regular file: the new object and its handle.
@@ -75,16 +93,31 @@ impl Union {
                 sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, flags & PASSED_FLAGS & !libc::O_TRUNC)?
             }
         };
-        Ok((entry, self.add_open_file(node, File::from(fd), wants_write(flags))))
+        Ok((entry, self.add_open_file(node, File::from(fd), wants_write(flags), false)))
+    }
+
+    /// The real file behind a handle, following a copy-up that happened since it was opened.
+    pub fn current_fd<'a>(&self, open: &'a OpenFile) -> SysResult<BorrowedFd<'a>> {
+        if open.may_move && open.moved.get().is_none() {
+            let top = open.node.top()?;
+            let layer = self.stack.get(top.layer)?;
+            if layer.role != Role::Lower {
+                let fd = sys::open_beneath(layer.fd(), &top.path, libc::O_RDONLY)?;
+                // Two readers may race here; either copy will do.
+                let _ = open.moved.set(File::from(fd));
+            }
+        }
+        Ok(open.fd())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         let open = self.files.get(fh)?;
+        let fd = self.current_fd(&open)?;
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
         // A short read is only the end of the file; keep reading until then, as the kernel expects.
         while filled < buf.len() {
-            match sys::pread(open.file.as_fd(), &mut buf[filled..], offset as i64 + filled as i64) {
+            match sys::pread(fd, &mut buf[filled..], offset as i64 + filled as i64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(Errno(libc::EINTR)) => continue,
@@ -99,7 +132,7 @@ impl Union {
         let open = self.files.get(fh)?;
         let mut written = 0;
         while written < data.len() {
-            match sys::pwrite(open.file.as_fd(), &data[written..], offset as i64 + written as i64) {
+            match sys::pwrite(open.fd(), &data[written..], offset as i64 + written as i64) {
                 Ok(0) => break,
                 Ok(n) => written += n,
                 Err(Errno(libc::EINTR)) => continue,
@@ -111,7 +144,7 @@ impl Union {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
-        sys::fsync(self.files.get(fh)?.file.as_fd(), datasync)
+        sys::fsync(self.files.get(fh)?.fd(), datasync)
     }
 
     /// fsync of a directory: only an upper directory has anything to flush.
@@ -126,17 +159,23 @@ impl Union {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> SysResult<()> {
-        sys::fallocate(self.files.get(fh)?.file.as_fd(), mode, offset as i64, length as i64)
+        sys::fallocate(self.files.get(fh)?.fd(), mode, offset as i64, length as i64)
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
-        sys::lseek(self.files.get(fh)?.file.as_fd(), offset, whence)
+        let open = self.files.get(fh)?;
+        sys::lseek(self.current_fd(&open)?, offset, whence)
     }
 
     pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> SysResult<usize> {
         let (input, out) = (self.files.get(fh_in)?, self.files.get(fh_out)?);
         let (mut a, mut b) = (off_in as i64, off_out as i64);
-        sys::copy_file_range(input.file.as_fd(), &mut a, out.file.as_fd(), &mut b, len as usize)
+        sys::copy_file_range(self.current_fd(&input)?, &mut a, out.fd(), &mut b, len as usize)
+    }
+
+    /// An open file, for the FUSE layer to hand its fd to the kernel for passthrough.
+    pub fn open_file(&self, fh: u64) -> SysResult<Arc<OpenFile>> {
+        self.files.get(fh)
     }
 
     pub fn release(&self, fh: u64) {
