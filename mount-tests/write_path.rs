@@ -375,3 +375,51 @@ fn killed_during_a_rename_leaves_exactly_one_name() {
     assert_eq!(len, 1 << 30);
     assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none());
 }
+
+/// Writes, appends, a shared writable mmap and a truncate on files shalefs serves by FUSE
+/// passthrough (a new file, a copied-up lower file): sizes, contents and attributes seen by
+/// other handles and by stat must be what kernel overlayfs shows.
+fn passthrough_sequence(m: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let mut seen = Vec::new();
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(m.join("new")).unwrap();
+    f.write_all_at(&vec![b'x'; 1_000_000], 0).unwrap();
+    seen.push(format!("after write: stat {} fstat {}", std::fs::metadata(m.join("new")).unwrap().len(), f.metadata().unwrap().len()));
+    std::fs::OpenOptions::new().append(true).open(m.join("new")).unwrap().write_all(b"tail").unwrap();
+    seen.push(format!("after append: stat {} fstat {}", std::fs::metadata(m.join("new")).unwrap().len(), f.metadata().unwrap().len()));
+    // SAFETY: a fresh shared mapping of 4096 bytes of an open file, unmapped before use ends.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::copy_nonoverlapping(b"MMAPD".as_ptr(), p.cast::<u8>(), 5);
+        libc::msync(p, 4096, libc::MS_SYNC);
+        libc::munmap(p, 4096);
+    }
+    let mut head = [0u8; 5];
+    std::fs::File::open(m.join("new")).unwrap().read_exact(&mut head).unwrap();
+    seen.push(format!("after mmap: {}", String::from_utf8_lossy(&head)));
+    std::fs::OpenOptions::new().write(true).open(m.join("new")).unwrap().set_len(10).unwrap();
+    let mut buf = [0u8; 20];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    seen.push(format!("after truncate: stat {} read {}", std::fs::metadata(m.join("new")).unwrap().len(), String::from_utf8_lossy(&buf[..n])));
+    drop(f);
+    std::fs::OpenOptions::new().append(true).open(m.join("lower")).unwrap().write_all(b"more\n").unwrap();
+    seen.push(format!("copied up: stat {} content {:?}", std::fs::metadata(m.join("lower")).unwrap().len(), std::fs::read_to_string(m.join("lower")).unwrap()));
+    seen
+}
+
+#[test]
+fn passthrough_io_matches_kernel_overlayfs() {
+    let rw = Rw::new("passthrough", LayerSpec::new().file("lower", "lower\n"));
+    let ours = {
+        let _m = rw.mount();
+        passthrough_sequence(&rw.mnt)
+    };
+    let kdir = TestDir::new("passthrough-kernel");
+    let kl = kdir.path().join("lower");
+    LayerSpec::new().file("lower", "lower\n").build(&kl, Encoding::Overlay);
+    let (ku, kw, km) = (kdir.mkdir("upper"), kdir.mkdir("work"), kdir.mkdir("mnt"));
+    let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
+    assert_eq!(ours, passthrough_sequence(&km));
+}
