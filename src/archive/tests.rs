@@ -149,3 +149,22 @@ fn entry_count_is_bounded() {
     let r = unpack(&tar[..], tmp.path(), Limits { max_entries: 3 });
     assert!(r.unwrap_err().to_string().contains("more than 3 entries"));
 }
+
+#[test]
+fn a_pax_path_record_cannot_smuggle_a_dotdot_name() {
+    // The ustar name is harmless; the PAX `path` record that overrides it is not.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("path", b"../evil".as_slice())]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("harmless").unwrap();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("layer")).unwrap();
+    let err = unpack(&tar[..], &tmp.path().join("layer"), Limits::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("'..'"), "{err:#}");
+    only_layer_in(tmp.path());
+}
