@@ -50,6 +50,18 @@ pub struct Layer {
     pub dev: u64,
     pub role: Role,
     pub formats: Formats,
+    /// The OCI markers of each directory of a lower layer, read once with one readdir: a
+    /// lookup then asks no `stat` of `.wh.NAME` or `.wh..wh..opq` (lowers never change).
+    oci_dirs: std::sync::RwLock<std::collections::HashMap<Vec<u8>, std::sync::Arc<OciDir>>>,
+}
+
+/// The OCI whiteout markers in one directory of a layer.
+#[derive(Debug, Default)]
+struct OciDir {
+    /// Names hidden by a `.wh.NAME` file.
+    whiteouts: std::collections::HashSet<Vec<u8>>,
+    /// A `.wh..wh..opq` marker is present.
+    opaque: bool,
 }
 
 impl Layer {
@@ -62,7 +74,7 @@ impl Layer {
         }
         let root = sys::open_dir(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
         let st = sys::fstat(root.as_fd()).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
-        Ok(Layer { path: path.to_path_buf(), root, dev: st.st_dev, role, formats })
+        Ok(Layer { path: path.to_path_buf(), root, dev: st.st_dev, role, formats, oci_dirs: Default::default() })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -120,8 +132,7 @@ impl Layer {
             }
         }
         if self.formats.oci && !marks.opaque {
-            let marker = join(dir_rel, whiteout::OCI_OPAQUE_MARKER);
-            marks.opaque = sys::cstring(&marker).is_ok_and(|m| self.stat(&m).is_ok());
+            marks.opaque = self.has_oci_opaque_marker(dir_rel);
         }
         (marks, redirect)
     }
@@ -142,8 +153,50 @@ impl Layer {
         if !self.formats.oci {
             return false;
         }
+        if let Some(dir) = self.oci_dir(dir_rel) {
+            return dir.whiteouts.contains(name);
+        }
         let wh = join(dir_rel, &whiteout::oci_whiteout_name(name));
         sys::cstring(&wh).is_ok_and(|c| self.stat(&c).is_ok())
+    }
+
+    /// Whether directory `dir_rel` of this layer holds a `.wh..wh..opq` marker.
+    fn has_oci_opaque_marker(&self, dir_rel: &[u8]) -> bool {
+        if let Some(dir) = self.oci_dir(dir_rel) {
+            return dir.opaque;
+        }
+        let marker = join(dir_rel, whiteout::OCI_OPAQUE_MARKER);
+        sys::cstring(&marker).is_ok_and(|m| self.stat(&m).is_ok())
+    }
+
+    /// The OCI markers of a directory of a lower layer, from the cache or one readdir. None
+    /// for the upper (which changes) or when the directory cannot be read.
+    fn oci_dir(&self, dir_rel: &[u8]) -> Option<std::sync::Arc<OciDir>> {
+        if self.role != Role::Lower {
+            return None;
+        }
+        if let Some(d) = self.oci_dirs.read().ok()?.get(dir_rel) {
+            return Some(d.clone());
+        }
+        let dir = match self.read_dir(dir_rel) {
+            Ok(entries) => {
+                let mut d = OciDir::default();
+                for (name, _, _) in entries {
+                    if name.as_slice() == whiteout::OCI_OPAQUE_MARKER {
+                        d.opaque = true;
+                    } else if let Some(hidden) = name.strip_prefix(b".wh.".as_slice()) {
+                        d.whiteouts.insert(hidden.to_vec());
+                    }
+                }
+                d
+            }
+            // Not a directory here: nothing in it to hide.
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => OciDir::default(),
+            Err(_) => return None,
+        };
+        let dir = std::sync::Arc::new(dir);
+        self.oci_dirs.write().ok()?.insert(dir_rel.to_vec(), dir.clone());
+        Some(dir)
     }
 
     /// Walk `dir` from this layer's root one component at a time, as overlayfs follows a
