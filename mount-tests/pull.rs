@@ -697,3 +697,30 @@ fn a_full_disk_fails_the_pull_clearly_and_records_nothing_unverified() {
     assert!(listing(&store.join("images")).is_empty());
     assert!(listing(&store.join("tmp")).is_empty(), "{:?}", listing(&store.join("tmp")));
 }
+
+#[test]
+fn blob_redirects_to_another_host_carry_no_credentials() {
+    let f = fixture();
+    let dir = TestDir::new("pull-redirect");
+    let htpasswd = dir.path().join("htpasswd");
+    run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["alice", "secret"]));
+    let origin = Registry::start(&dir.mkdir("origin"), Auth::Htpasswd(htpasswd));
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:secret"])
+            .arg(format!("oci:{}:base", f.base.layout.display()))
+            .arg(format!("docker://{}/test/base:1", origin.host())),
+    );
+    // A "storage service": an open registry with the same blobs, behind a recording proxy.
+    let storage = Registry::start(&dir.mkdir("storage"), Auth::None);
+    f.base.push(&format!("{}/test/base:1", storage.host()), &[]);
+    let storage_proxy = Proxy::start(storage.port, ProxyBehaviour::default());
+    let front = Proxy::start(origin.port, ProxyBehaviour { redirect_blobs_to: Some(storage_proxy.port), ..Default::default() });
+    let store = dir.path().join("store");
+    pull_ok(&store, &format!("{}/test/base:1", front.host()), &["--creds", "alice:secret"]);
+    assert!(front.log().iter().any(|l| l.contains("/manifests/") && l.contains("[auth]")), "{:?}", front.log());
+    let blobs: Vec<String> = storage_proxy.log();
+    assert!(blobs.iter().any(|l| l.contains("/blobs/")), "the redirect was not followed: {blobs:?}");
+    assert!(blobs.iter().all(|l| !l.contains("[auth]")), "credentials followed a redirect to another host: {blobs:?}");
+    assert_eq!(layer_count(&store), 1);
+}

@@ -106,6 +106,8 @@ pub struct ProxyBehaviour {
     pub always_503: bool,
     /// Answer the first N requests with 503 and 429 (alternately), then forward.
     pub fail_first: usize,
+    /// Answer blob GETs with a 307 to the same path on this port of 127.0.0.1 (another origin).
+    pub redirect_blobs_to: Option<u16>,
 }
 
 /// A logging HTTP proxy in front of a registry: one request per connection (it asks both
@@ -207,6 +209,11 @@ fn serve_one(
     if b.always_503 || nth < b.fail_first {
         let status = if nth % 2 == 1 && !b.always_503 { "429 Too Many Requests" } else { "503 Service Unavailable" };
         write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        return Ok(());
+    }
+    if let (Some(port), true) = (b.redirect_blobs_to, record.starts_with("GET ") && record.contains("/blobs/sha256:")) {
+        let path = record.split_whitespace().nth(1).unwrap_or("/");
+        write!(client, "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
