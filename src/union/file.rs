@@ -84,8 +84,9 @@ impl Union {
     pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: super::dir::Caller) -> SysResult<(super::Entry, u64)> {
         let (entry, made) = self.create_object_open(parent, name, super::dir::NewObject::File { mode }, caller)?;
         let node = self.nodes.get(entry.stat.st_ino)?;
-        // The fd from the creation serves, unless the caller asked for flags it lacks.
-        let special = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+        // The fd from the creation serves, unless the caller asked for flags it lacks (O_NONBLOCK
+        // means nothing for a regular file, so `touch` and friends need no second open).
+        let special = libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT | libc::O_NOATIME;
         let fd = match made {
             Some(fd) if flags & special == 0 => fd,
             _ => {
