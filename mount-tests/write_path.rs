@@ -423,3 +423,51 @@ fn passthrough_io_matches_kernel_overlayfs() {
     let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
     assert_eq!(ours, passthrough_sequence(&km));
 }
+
+/// POSIX ACLs of a lower file grant access as on kernel overlayfs, and ACLs set through the
+/// mount land on the upper copy.
+fn acl_sequence(m: &Path) -> Vec<String> {
+    let cat = run_as_nobody(&format!("cat {}", m.join("f").display()));
+    run_ok(Command::new("setfacl").args(["-m", "u:nobody:rw"]).arg(m.join("g")));
+    let write = run_as_nobody(&format!("echo hi >> {}", m.join("g").display()));
+    let acl = run_ok(Command::new("getfacl").args(["-p", "--omit-header"]).arg(m.join("g")));
+    vec![cat, write, acl]
+}
+
+fn run_as_nobody(script: &str) -> String {
+    let out = crate::util::run(Command::new("runuser").args(["-u", "nobody", "--", "/bin/sh", "-c", script]));
+    format!("{} {}", out.status.success(), String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn posix_acls_are_honoured_as_on_kernel_overlayfs() {
+    let build = |dir: &TestDir| {
+        let l = dir.path().join("lower");
+        LayerSpec::new().file("f", "secret").file("g", "data\n").build(&l, Encoding::Overlay);
+        std::fs::set_permissions(l.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(l.join("g"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        run_ok(Command::new("setfacl").args(["-m", "u:nobody:r"]).arg(l.join("f")));
+        for d in [dir.path(), l.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        l
+    };
+    let sdir = TestDir::new("acl");
+    let sl = build(&sdir);
+    let (su, sw, sm) = (sdir.mkdir("upper"), sdir.mkdir("work"), sdir.mkdir("mnt"));
+    let args: Vec<OsString> =
+        vec!["-o".into(), format!("lowerdir={},upperdir={},workdir={}", sl.display(), su.display(), sw.display()).into()];
+    let ours = {
+        let _m = ShaleMount::foreground(&args, &sm).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&sm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        acl_sequence(&sm)
+    };
+    let kdir = TestDir::new("acl-kernel");
+    let kl = build(&kdir);
+    let (ku, kw, km) = (kdir.mkdir("upper"), kdir.mkdir("work"), kdir.mkdir("mnt"));
+    let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
+    std::fs::set_permissions(&km, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = acl_sequence(&km);
+    assert_eq!(ours[0], "true secret", "the lower file's ACL did not grant nobody read access");
+    assert_eq!(ours, theirs);
+}

@@ -2,11 +2,11 @@
 # Install the Debian packages shalefs' demo and tests need. Safe to run again.
 #   fuse3          fusermount3 and the FUSE userspace bits
 #   busybox-static the payload of the demo and chroot tests
-#   attr           setfattr/getfattr, used by tests to build layers independently of shalefs
+#   attr, acl      setfattr/getfattr and setfacl/getfacl, used by tests to build layers independently of shalefs
 #   fuse-overlayfs the peer the benchmarks compare against
 #   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -79,7 +79,12 @@ impl Filesystem for ShaleFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             // O_TRUNC arrives with open, so a truncating open copies up no data.
-            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // The kernel checks POSIX ACLs (read from the layers' real files) as kernel overlayfs
+            // does, and caches each inode's ACLs — "none" included — instead of asking for
+            // system.posix_acl_* on every `ls -l`. The umask is still applied by the kernel
+            // (no FUSE_DONT_MASK).
+            | InitFlags::FUSE_POSIX_ACL;
         // Each flag the kernel lacks is only a lost optimisation.
         let supported = wanted & config.capabilities();
         let _ = config.add_capabilities(supported);
