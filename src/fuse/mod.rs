@@ -100,7 +100,14 @@ impl Filesystem for ShaleFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(self.union.lookup(parent.0, name.as_bytes()), reply);
+        match self.union.lookup(parent.0, name.as_bytes()) {
+            // A name that is not there is answered with node 0 and a timeout: the kernel keeps
+            // a negative dentry (as it does on kernel overlayfs) instead of asking again — a
+            // program probing for files that do not exist (python's imports) asks once. A name
+            // can only appear through this mount, which replaces that dentry.
+            Err(e) if e == crate::sys::Errno::ENOENT => reply.entry(&self.ttl, &reply::negative_entry(), Generation(0)),
+            r => self.reply_entry(r, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -55,6 +55,13 @@ pub fn file_attr(st: &libc::stat) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: node 0 means "no such name" to the kernel.
+pub fn negative_entry() -> FileAttr {
+    // SAFETY: libc::stat is plain data; all zeroes is a valid value.
+    let st: libc::stat = unsafe { std::mem::zeroed() };
+    file_attr(&st)
+}
+
 /// Answer a getxattr/listxattr: the size when asked for it (size 0), ERANGE when the caller's
 /// buffer is too small, else the bytes.
 pub fn xattr(reply: ReplyXattr, value: &[u8], size: u32) {
