@@ -376,6 +376,23 @@ impl Filesystem for ShaleFs {
         }
     }
 
+    /// No ioctl is served: the answer a regular file gives to a terminal ioctl (programs such as
+    /// python ask isatty() of every file they open). fuser's default would log a warning for
+    /// each one.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         reply_empty(self.union.fsync(fh.0, datasync), reply);
     }
