@@ -349,6 +349,13 @@ struct NoiseImage {
     blob_hex: String,
 }
 
+/// A registry that wants basic auth, alice:secret (an htpasswd file made by Apache's tool).
+fn htpasswd_registry(dir: &TestDir, data: &Path) -> Registry {
+    let htpasswd = dir.path().join("htpasswd");
+    run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["alice", "secret"]));
+    Registry::start(data, Auth::Htpasswd(htpasswd))
+}
+
 /// An image of one gzip layer holding `size` incompressible bytes, so that its blob is big
 /// enough to cut or slow down in the middle.
 fn push_noise_image(dir: &TestDir, reg: &Registry, repo: &str, size: usize) -> NoiseImage {
@@ -415,19 +422,9 @@ fn a_killed_pull_resumes_where_it_stopped() {
 fn a_mirror_that_is_down_falls_back_to_the_origin_and_a_working_mirror_serves_without_origin_credentials() {
     let f = fixture();
     let dir = TestDir::new("pull-mirror");
-    let htpasswd = dir.path().join("htpasswd");
-    run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["alice", "secret"]));
-    let origin = Registry::start(&dir.mkdir("origin"), Auth::Htpasswd(htpasswd));
+    let origin = htpasswd_registry(&dir, &dir.mkdir("origin"));
     let origin_proxy = Proxy::start(origin.port, ProxyBehaviour::default());
-    let run_skopeo_push = |dest: &str| {
-        run_ok(
-            Command::new("skopeo")
-                .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:secret"])
-                .arg(format!("oci:{}:base", f.base.layout.display()))
-                .arg(format!("docker://{dest}")),
-        )
-    };
-    run_skopeo_push(&format!("{}/test/base:1", origin.host()));
+    f.base.push(&format!("{}/test/base:1", origin.host()), &["--dest-creds", "alice:secret"]);
     let image = format!("{}/test/base:1", origin_proxy.host());
 
     // A mirror nobody listens on, then a mirror answering 503: both give way to the origin.
@@ -459,15 +456,8 @@ fn a_mirror_that_is_down_falls_back_to_the_origin_and_a_working_mirror_serves_wi
 fn basic_auth_from_creds_and_from_a_docker_config_file() {
     let f = fixture();
     let dir = TestDir::new("pull-basic");
-    let htpasswd = dir.path().join("htpasswd");
-    run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["alice", "secret"]));
-    let reg = Registry::start(dir.path(), Auth::Htpasswd(htpasswd));
-    run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:secret"])
-            .arg(format!("oci:{}:base", f.base.layout.display()))
-            .arg(format!("docker://{}/test/base:1", reg.host())),
-    );
+    let reg = htpasswd_registry(&dir, dir.path());
+    f.base.push(&format!("{}/test/base:1", reg.host()), &["--dest-creds", "alice:secret"]);
     let image = format!("{}/test/base:1", reg.host());
     let home = dir.mkdir("home");
     let store = home.join("store");
@@ -638,12 +628,7 @@ fn token_auth_gets_an_anonymous_pull_token_and_refuses_bad_credentials() {
             cert: tokens.cert.clone(),
         },
     );
-    run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "bob:pw"])
-            .arg(format!("oci:{}:base", f.base.layout.display()))
-            .arg(format!("docker://{}/test/base:1", reg.host())),
-    );
+    f.base.push(&format!("{}/test/base:1", reg.host()), &["--dest-creds", "bob:pw"]);
     let image = format!("{}/test/base:1", reg.host());
     let store = dir.path().join("store");
     let before = tokens.log().len();
@@ -702,15 +687,8 @@ fn a_full_disk_fails_the_pull_clearly_and_records_nothing_unverified() {
 fn blob_redirects_to_another_host_carry_no_credentials() {
     let f = fixture();
     let dir = TestDir::new("pull-redirect");
-    let htpasswd = dir.path().join("htpasswd");
-    run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["alice", "secret"]));
-    let origin = Registry::start(&dir.mkdir("origin"), Auth::Htpasswd(htpasswd));
-    run_ok(
-        Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:secret"])
-            .arg(format!("oci:{}:base", f.base.layout.display()))
-            .arg(format!("docker://{}/test/base:1", origin.host())),
-    );
+    let origin = htpasswd_registry(&dir, &dir.mkdir("origin"));
+    f.base.push(&format!("{}/test/base:1", origin.host()), &["--dest-creds", "alice:secret"]);
     // A "storage service": an open registry with the same blobs, behind a recording proxy.
     let storage = Registry::start(&dir.mkdir("storage"), Auth::None);
     f.base.push(&format!("{}/test/base:1", storage.host()), &[]);

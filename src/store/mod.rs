@@ -126,7 +126,10 @@ impl Store {
             Ok(()) => Ok(()),
             // Another process committed the same layer first; its copy is as good as ours.
             Err(_) if dest.is_dir() => remove_tree(unpacked),
-            Err(e) => Err(anyhow!("moving layer into {}: {e}", dest.display())),
+            Err(e) => {
+                let _ = std::fs::remove_file(&json);
+                Err(anyhow!("moving layer into {}: {e}", dest.display()))
+            }
         }
     }
 
@@ -185,9 +188,13 @@ impl Store {
 /// Write a file so that readers see the old content or the new, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    let written = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("writing {}: {e}", path.display())
+    })
 }
 
 pub fn remove_tree(path: &Path) -> anyhow::Result<()> {

@@ -348,7 +348,12 @@ fn fetch_once(
         implicit_settled: implicit_dirs.is_empty(),
         implicit_dirs,
     };
-    store.commit_layer(&dir, &info).map_err(other)?;
+    if let Err(e) = store.commit_layer(&dir, &info) {
+        // A full disk can stop even this last step: leave nothing of the layer behind.
+        let _ = super::remove_tree(&dir);
+        let _ = std::fs::remove_file(&partial_path);
+        return Err(other(e));
+    }
     if opts.keep_blobs {
         let _ = std::fs::rename(&partial_path, store.blob_path(&desc.digest));
     } else {
