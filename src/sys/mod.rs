@@ -442,3 +442,16 @@ pub fn try_flock(fd: BorrowedFd<'_>, exclusive: bool) -> SysResult<()> {
     check(unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) })?;
     Ok(())
 }
+
+/// pread into the unused capacity of `buf`, appending what was read: no zero-filling of a
+/// buffer the kernel is about to overwrite (reads are the daemon's hot path).
+pub fn pread_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize, offset: i64) -> SysResult<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let want = max.min(spare.len());
+    // SAFETY: `spare` is writable for `want` bytes; pread writes at most that many.
+    let n = check_size(unsafe { libc::pread(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want, offset) })?;
+    // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}

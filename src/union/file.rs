@@ -99,14 +99,13 @@ impl Union {
 
     /// The real file behind a handle, following a copy-up that happened since it was opened.
     pub fn current_fd<'a>(&self, open: &'a OpenFile) -> SysResult<BorrowedFd<'a>> {
-        if open.may_move && open.moved.get().is_none() {
+        // Checked on every read of such a handle: the layer index alone, no path copied.
+        let moved_up = || open.node.top_layer().and_then(|l| self.stack.get(l).ok()).is_some_and(|l| l.role != Role::Lower);
+        if open.may_move && open.moved.get().is_none() && moved_up() {
             let top = open.node.top()?;
-            let layer = self.stack.get(top.layer)?;
-            if layer.role != Role::Lower {
-                let fd = sys::open_beneath(layer.fd(), &top.path, libc::O_RDONLY)?;
-                // Two readers may race here; either copy will do.
-                let _ = open.moved.set(File::from(fd));
-            }
+            let fd = sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, libc::O_RDONLY)?;
+            // Two readers may race here; either copy will do.
+            let _ = open.moved.set(File::from(fd));
         }
         Ok(open.fd())
     }
@@ -114,18 +113,18 @@ impl Union {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
         let open = self.files.get(fh)?;
         let fd = self.current_fd(&open)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
+        let size = size as usize;
+        let mut buf = Vec::with_capacity(size);
         // A short read is only the end of the file; keep reading until then, as the kernel expects.
-        while filled < buf.len() {
-            match sys::pread(fd, &mut buf[filled..], offset as i64 + filled as i64) {
+        while buf.len() < size {
+            let (want, at) = (size - buf.len(), offset as i64 + buf.len() as i64);
+            match sys::pread_append(fd, &mut buf, want, at) {
                 Ok(0) => break,
-                Ok(n) => filled += n,
+                Ok(_) => {}
                 Err(Errno(libc::EINTR)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        buf.truncate(filled);
         Ok(buf)
     }
 

@@ -106,6 +106,11 @@ impl Node {
         self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().cloned().ok_or(Errno::ENOENT)
     }
 
+    /// The layer of the top branch, without copying its path.
+    pub fn top_layer(&self) -> Option<u16> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().map(|b| b.layer)
+    }
+
     /// A directory is "merged" when more than one layer contributes to it.
     pub fn is_merged_dir(&self) -> bool {
         self.is_dir() && self.state.read().unwrap_or_else(|p| p.into_inner()).branches.len() > 1
