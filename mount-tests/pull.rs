@@ -529,7 +529,9 @@ fn hostile_layers_are_refused_and_nothing_is_written_outside_the_store() {
     let victim = dir.mkdir("victim");
     std::fs::write(victim.join("keep"), "untouched").unwrap();
     let victim_s = victim.to_str().unwrap().to_string();
-    let cases: Vec<(&str, Vec<(&[u8], tar::EntryType, Vec<u8>, &[u8])>)> = vec![
+    // (name, entries as (path, type, link target, data))
+    type Entries<'a> = Vec<(&'a [u8], tar::EntryType, Vec<u8>, &'a [u8])>;
+    let cases: Vec<(&str, Entries)> = vec![
         ("dotdot", vec![(b"../../../../victim/evil", tar::EntryType::Regular, vec![], b"x")]),
         ("symlink-then-write", vec![
             (b"link", tar::EntryType::Symlink, victim_s.as_bytes().to_vec(), b""),

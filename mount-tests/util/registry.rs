@@ -191,8 +191,8 @@ fn serve_one(
         } else if lower.starts_with("authorization:") {
             record.push_str(" [auth]");
         }
-        if lower.starts_with("content-length:") {
-            content_length = lower[15..].trim().parse().unwrap_or(0);
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
         }
         if !lower.starts_with("connection:") {
             head.extend_from_slice(line.as_bytes());
