@@ -6,7 +6,9 @@ use std::io::{self, BufRead, Read};
 use crate::oci::manifest::Compression;
 
 /// A decompressing reader that gives its source back, so the caller can read the source to
-/// its end (the blob digest covers every byte, even after the compressed stream ends).
+/// its end (the blob digest covers every byte, even after the compressed stream ends). One
+/// exists per layer being pulled, so the sizes of its variants do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Decompressor<R: BufRead> {
     None(R),
     Gzip(flate2::bufread::MultiGzDecoder<R>),
