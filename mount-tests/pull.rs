@@ -704,3 +704,20 @@ fn blob_redirects_to_another_host_carry_no_credentials() {
     assert!(blobs.iter().all(|l| !l.contains("[auth]")), "credentials followed a redirect to another host: {blobs:?}");
     assert_eq!(layer_count(&store), 1);
 }
+
+#[test]
+fn on_a_terminal_the_pull_draws_progress_bars() {
+    let f = fixture();
+    let dir = TestDir::new("pull-tty");
+    let reg = Registry::start(dir.path(), Auth::None);
+    let image = format!("{}/test/app:1", reg.host());
+    f.app.push(&image, &[]);
+    let store = dir.path().join("store");
+    // `script` runs the pull on a pseudo-terminal and copies what it drew.
+    let cmd = format!("{} --root {} pull {image}", shalefs_bin(), store.display());
+    let out = run_ok(Command::new("script").args(["-q", "-e", "-c", &cmd, "/dev/null"]).env("TERM", "xterm"));
+    assert!(out.contains("Pull complete"), "{out}");
+    // indicatif redraws its lines with terminal escapes; the plain-line mode never does.
+    assert!(out.contains("\u{1b}["), "no terminal drawing: {out:?}");
+    assert!(out.contains("Status: Downloaded newer image"), "{out}");
+}
