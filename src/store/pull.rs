@@ -165,6 +165,14 @@ fn platforms_of(list: &[Descriptor]) -> String {
     if names.is_empty() { "none listed".into() } else { names.join(", ") }
 }
 
+/// What every layer fetch of one pull shares.
+struct Fetcher<'a> {
+    store: &'a Store,
+    repo: &'a RepoClient<'a>,
+    opts: &'a PullOptions,
+    obs: &'a dyn Observer,
+}
+
 /// Fetch the missing layers with up to `jobs` workers. Returns (layers fetched, bytes).
 fn fetch_layers(
     store: &Store,
@@ -174,6 +182,7 @@ fn fetch_layers(
     opts: &PullOptions,
     obs: &dyn Observer,
 ) -> anyhow::Result<(usize, u64)> {
+    let fetcher = Fetcher { store, repo, opts, obs };
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let fetched = AtomicUsize::new(0);
@@ -187,7 +196,7 @@ fn fetch_layers(
                     if i >= layers.len() || failed.load(Ordering::SeqCst) {
                         break;
                     }
-                    match fetch_layer(store, repo, i, &layers[i], &diff_ids[i], opts, obs) {
+                    match fetcher.fetch_layer(i, &layers[i], &diff_ids[i]) {
                         Ok(Some(n)) => {
                             fetched.fetch_add(1, Ordering::SeqCst);
                             bytes.fetch_add(n, Ordering::SeqCst);
@@ -211,155 +220,145 @@ fn fetch_layers(
     Ok((fetched.load(Ordering::SeqCst), bytes.load(Ordering::SeqCst)))
 }
 
-/// Fetch one layer unless the store has it. Returns the bytes downloaded, or None if it was
-/// already there.
-fn fetch_layer(
-    store: &Store,
-    repo: &RepoClient<'_>,
-    i: usize,
-    desc: &Descriptor,
-    diff_id: &Digest,
-    opts: &PullOptions,
-    obs: &dyn Observer,
-) -> anyhow::Result<Option<u64>> {
-    if store.has_layer(diff_id) {
-        obs.event(Event::Exists(i));
-        return Ok(None);
-    }
-    obs.event(Event::Waiting(i));
-    let _lock = store.lock_digest(diff_id)?;
-    if store.has_layer(diff_id) {
-        // Another process fetched it while we waited for the lock.
-        obs.event(Event::Exists(i));
-        return Ok(None);
-    }
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match fetch_once(store, repo, i, desc, diff_id, opts, obs) {
-            Ok(n) => {
-                obs.event(Event::Complete(i));
-                return Ok(Some(n));
-            }
-            Err(FetchError::Network(e)) if attempt < 4 => {
-                let msg = format!("{e:#}");
-                tracing::info!("layer {}: {msg}; resuming", desc.digest);
-                obs.event(Event::Retrying(i, &msg));
-                std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
-            }
-            Err(FetchError::Network(e) | FetchError::Other(e)) => {
-                return Err(e.context(format!("layer {}", desc.digest)));
+impl Fetcher<'_> {
+    /// Fetch layer `i` unless the store has it. Returns the bytes downloaded, or None if it was
+    /// already there.
+    fn fetch_layer(&self, i: usize, desc: &Descriptor, diff_id: &Digest) -> anyhow::Result<Option<u64>> {
+        let (store, obs) = (self.store, self.obs);
+        if store.has_layer(diff_id) {
+            obs.event(Event::Exists(i));
+            return Ok(None);
+        }
+        obs.event(Event::Waiting(i));
+        let _lock = store.lock_digest(diff_id)?;
+        if store.has_layer(diff_id) {
+            // Another process fetched it while we waited for the lock.
+            obs.event(Event::Exists(i));
+            return Ok(None);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_once(i, desc, diff_id) {
+                Ok(n) => {
+                    obs.event(Event::Complete(i));
+                    return Ok(Some(n));
+                }
+                Err(FetchError::Network(e)) if attempt < 4 => {
+                    let msg = format!("{e:#}");
+                    tracing::info!("layer {}: {msg}; resuming", desc.digest);
+                    obs.event(Event::Retrying(i, &msg));
+                    std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
+                }
+                Err(FetchError::Network(e) | FetchError::Other(e)) => {
+                    return Err(e.context(format!("layer {}", desc.digest)));
+                }
             }
         }
     }
+
+    /// One try at downloading, verifying and unpacking layer `i`.
+    fn fetch_once(&self, i: usize, desc: &Descriptor, diff_id: &Digest) -> Result<u64, FetchError> {
+        let (store, repo, opts, obs) = (self.store, self.repo, self.opts, self.obs);
+        let other = FetchError::Other;
+        let compression = manifest::layer_compression(desc).map_err(|e| other(e.into()))?;
+        let partial_path = store.partial_path(&desc.digest);
+        let partial = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&partial_path)
+            .map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?;
+        let mut have = partial.metadata().map_err(|e| other(e.into()))?.len();
+        if have > desc.size {
+            have = 0;
+        }
+        let stream = repo.open_blob(&desc.digest, have).map_err(FetchError::Network)?;
+        if stream.start != have {
+            have = stream.start;
+        }
+        partial.set_len(have).map_err(|e| other(anyhow!("truncating {}: {e}", partial_path.display())))?;
+        if have > 0 {
+            tracing::info!("layer {}: resuming the download at byte {have}", desc.digest);
+        }
+        obs.event(Event::Started(i, have));
+        // A second open, so reading what is there and appending what arrives keep their own offsets.
+        let existing = File::open(&partial_path).map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?.take(have);
+        let mut sink = partial;
+        sink.seek(io::SeekFrom::Start(have)).map_err(|e| other(e.into()))?;
+        let net_failed = Arc::new(AtomicBool::new(false));
+        let source = BlobSource {
+            existing: Some(existing),
+            network: stream.reader,
+            sink,
+            hasher: Hasher::new(),
+            expected: desc.size,
+            net_failed: net_failed.clone(),
+            report: &|n| obs.event(Event::Progress(i, n)),
+        };
+        // A dropped connection keeps the partial file for resuming; anything else (a corrupt or
+        // hostile blob) discards it, since fetching the rest would only repeat the failure.
+        let classify = |e: anyhow::Error| {
+            if net_failed.load(Ordering::SeqCst) {
+                FetchError::Network(e)
+            } else {
+                let _ = std::fs::remove_file(&partial_path);
+                other(e)
+            }
+        };
+
+        let dir = store.new_unpack_dir(diff_id).map_err(other)?;
+        let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
+        let Unpacked { blob, tar, implicit_dirs } = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = super::remove_tree(&dir);
+                return Err(classify(e));
+            }
+        };
+        obs.event(Event::Verifying(i));
+        let fail = |why: String| {
+            let _ = super::remove_tree(&dir);
+            // The whole blob arrived and is wrong: resuming from it would only repeat the error.
+            let _ = std::fs::remove_file(&partial_path);
+            other(anyhow!(why))
+        };
+        if blob.0 != desc.digest || blob.1 != desc.size {
+            return Err(fail(format!("downloaded blob has digest {} and {} bytes; the manifest says {} and {} bytes", blob.0, blob.1, desc.digest, desc.size)));
+        }
+        if &tar.0 != diff_id {
+            return Err(fail(format!("uncompressed layer has digest {}; the image config says {diff_id}", tar.0)));
+        }
+        let info = LayerInfo {
+            diff_id: diff_id.clone(),
+            digest: desc.digest.clone(),
+            media_type: desc.media_type.clone(),
+            compressed_size: desc.size,
+            unpacked_size: tar.1,
+            implicit_settled: implicit_dirs.is_empty(),
+            implicit_dirs,
+        };
+        if let Err(e) = store.commit_layer(&dir, &info) {
+            // A full disk can stop even this last step: leave nothing of the layer behind.
+            let _ = super::remove_tree(&dir);
+            let _ = std::fs::remove_file(&partial_path);
+            return Err(other(e));
+        }
+        if opts.keep_blobs {
+            let _ = std::fs::rename(&partial_path, store.blob_path(&desc.digest));
+        } else {
+            let _ = std::fs::remove_file(&partial_path);
+        }
+        Ok(desc.size - have)
+    }
+
 }
 
 enum FetchError {
     /// The connection failed mid-way: worth resuming.
     Network(anyhow::Error),
     Other(anyhow::Error),
-}
-
-fn fetch_once(
-    store: &Store,
-    repo: &RepoClient<'_>,
-    i: usize,
-    desc: &Descriptor,
-    diff_id: &Digest,
-    opts: &PullOptions,
-    obs: &dyn Observer,
-) -> Result<u64, FetchError> {
-    let other = FetchError::Other;
-    let compression = manifest::layer_compression(desc).map_err(|e| other(e.into()))?;
-    let partial_path = store.partial_path(&desc.digest);
-    let partial = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&partial_path)
-        .map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?;
-    let mut have = partial.metadata().map_err(|e| other(e.into()))?.len();
-    if have > desc.size {
-        have = 0;
-    }
-    let stream = repo.open_blob(&desc.digest, have).map_err(FetchError::Network)?;
-    if stream.start != have {
-        have = stream.start;
-    }
-    partial.set_len(have).map_err(|e| other(anyhow!("truncating {}: {e}", partial_path.display())))?;
-    if have > 0 {
-        tracing::info!("layer {}: resuming the download at byte {have}", desc.digest);
-    }
-    obs.event(Event::Started(i, have));
-    // A second open, so reading what is there and appending what arrives keep their own offsets.
-    let existing = File::open(&partial_path).map_err(|e| other(anyhow!("opening {}: {e}", partial_path.display())))?.take(have);
-    let mut sink = partial;
-    sink.seek(io::SeekFrom::Start(have)).map_err(|e| other(e.into()))?;
-    let net_failed = Arc::new(AtomicBool::new(false));
-    let source = BlobSource {
-        existing: Some(existing),
-        network: stream.reader,
-        sink,
-        hasher: Hasher::new(),
-        expected: desc.size,
-        net_failed: net_failed.clone(),
-        report: &|n| obs.event(Event::Progress(i, n)),
-    };
-    // A dropped connection keeps the partial file for resuming; anything else (a corrupt or
-    // hostile blob) discards it, since fetching the rest would only repeat the failure.
-    let classify = |e: anyhow::Error| {
-        if net_failed.load(Ordering::SeqCst) {
-            FetchError::Network(e)
-        } else {
-            let _ = std::fs::remove_file(&partial_path);
-            other(e)
-        }
-    };
-
-    let dir = store.new_unpack_dir(diff_id).map_err(other)?;
-    let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
-    let Unpacked { blob, tar, implicit_dirs } = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = super::remove_tree(&dir);
-            return Err(classify(e));
-        }
-    };
-    obs.event(Event::Verifying(i));
-    let fail = |why: String| {
-        let _ = super::remove_tree(&dir);
-        // The whole blob arrived and is wrong: resuming from it would only repeat the error.
-        let _ = std::fs::remove_file(&partial_path);
-        other(anyhow!(why))
-    };
-    if blob.0 != desc.digest || blob.1 != desc.size {
-        return Err(fail(format!("downloaded blob has digest {} and {} bytes; the manifest says {} and {} bytes", blob.0, blob.1, desc.digest, desc.size)));
-    }
-    if &tar.0 != diff_id {
-        return Err(fail(format!("uncompressed layer has digest {}; the image config says {diff_id}", tar.0)));
-    }
-    let info = LayerInfo {
-        diff_id: diff_id.clone(),
-        digest: desc.digest.clone(),
-        media_type: desc.media_type.clone(),
-        compressed_size: desc.size,
-        unpacked_size: tar.1,
-        implicit_settled: implicit_dirs.is_empty(),
-        implicit_dirs,
-    };
-    if let Err(e) = store.commit_layer(&dir, &info) {
-        // A full disk can stop even this last step: leave nothing of the layer behind.
-        let _ = super::remove_tree(&dir);
-        let _ = std::fs::remove_file(&partial_path);
-        return Err(other(e));
-    }
-    if opts.keep_blobs {
-        let _ = std::fs::rename(&partial_path, store.blob_path(&desc.digest));
-    } else {
-        let _ = std::fs::remove_file(&partial_path);
-    }
-    Ok(desc.size - have)
 }
 
 /// What one pass over a layer blob measured.
