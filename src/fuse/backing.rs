@@ -65,49 +65,44 @@ impl Backings {
         open: &OpenFile,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Reply {
-        if !self.enabled() {
-            return Reply::Plain(FopenFlags::empty());
-        }
-        let real = match crate::sys::fstat(open.fd()) {
-            Ok(st) => (st.st_dev, st.st_ino),
-            Err(_) => return Reply::Plain(FopenFlags::empty()),
-        };
         let Ok(mut inodes) = self.inodes.lock() else { return Reply::Plain(FopenFlags::FOPEN_DIRECT_IO) };
+        // The real file's identity, asked only when it decides something.
+        let real = || crate::sys::fstat(open.fd()).ok().map(|st| (st.st_dev, st.st_ino));
         let reply = match inodes.get_mut(&ino) {
-            Some(Slot::Passthrough { id, real: r, opens }) if *r == real => {
+            Some(Slot::Passthrough { id, real: r, opens }) => {
                 *opens += 1;
-                Reply::Passthrough(id.clone(), FopenFlags::empty())
-            }
-            // Another copy of the file (it was copied up): the daemon serves this handle.
-            Some(Slot::Passthrough { id, opens, .. }) => {
-                *opens += 1;
-                Reply::Passthrough(id.clone(), FopenFlags::FOPEN_DIRECT_IO)
+                // Another copy of the file (it was copied up): the daemon serves this handle.
+                let flags = if real() == Some(*r) { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
+                Reply::Passthrough(id.clone(), flags)
             }
             Some(Slot::Cached { opens }) => {
                 *opens += 1;
                 Reply::Plain(FopenFlags::empty())
             }
-            // A lower file of a writable mount: served by the daemon (see `OpenFile::may_move`).
-            None if open.may_move => {
-                inodes.insert(ino, Slot::Cached { opens: 1 });
-                Reply::Plain(FopenFlags::empty())
-            }
-            None => match register(open.fd()) {
-                Ok(id) => {
-                    let id = Arc::new(id);
-                    inodes.insert(ino, Slot::Passthrough { id: id.clone(), real, opens: 1 });
-                    Reply::Passthrough(id, FopenFlags::empty())
-                }
-                Err(e) => {
-                    if e.raw_os_error() == Some(libc::EPERM) {
-                        tracing::info!("FUSE passthrough not permitted ({e}); the daemon serves file I/O");
-                        self.enable(false);
-                    } else {
-                        tracing::debug!("no passthrough for inode {ino}: {e}");
-                    }
+            // A lower file of a writable mount is served by the daemon (see `OpenFile::may_move`),
+            // as is every file when the kernel offers no passthrough.
+            None => match if self.enabled() && !open.may_move { real() } else { None } {
+                None => {
                     inodes.insert(ino, Slot::Cached { opens: 1 });
                     Reply::Plain(FopenFlags::empty())
                 }
+                Some(real) => match register(open.fd()) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        inodes.insert(ino, Slot::Passthrough { id: id.clone(), real, opens: 1 });
+                        Reply::Passthrough(id, FopenFlags::empty())
+                    }
+                    Err(e) => {
+                        if e.raw_os_error() == Some(libc::EPERM) {
+                            tracing::info!("FUSE passthrough not permitted ({e}); the daemon serves file I/O");
+                            self.enable(false);
+                        } else {
+                            tracing::debug!("no passthrough for inode {ino}: {e}");
+                        }
+                        inodes.insert(ino, Slot::Cached { opens: 1 });
+                        Reply::Plain(FopenFlags::empty())
+                    }
+                },
             },
         };
         drop(inodes);
