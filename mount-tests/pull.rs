@@ -480,8 +480,12 @@ fn basic_auth_from_creds_and_from_a_docker_config_file() {
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(home.join(".docker/config.json"), serde_json::json!({"credHelpers": {reg.host(): "shalefstest"}}).to_string()).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let out = run(shalefs(&home.join("store3")).env("PATH", path).args(["pull", &image]));
+    let out = run(shalefs(&home.join("store3")).env("PATH", &path).args(["pull", &image]));
     assert!(out.status.success(), "credential helper pull: {}", String::from_utf8_lossy(&out.stderr));
+    // The same helper as the default store for every registry (`credsStore`).
+    std::fs::write(home.join(".docker/config.json"), serde_json::json!({"credsStore": "shalefstest"}).to_string()).unwrap();
+    let out = run(shalefs(&home.join("store4")).env("PATH", &path).args(["pull", &image]));
+    assert!(out.status.success(), "credsStore pull: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
