@@ -13,7 +13,11 @@ use crate::util::{ShaleMount, TestDir, Tree, run, run_ok, shalefs_bin};
 
 fn shalefs(store: &Path) -> Command {
     let mut c = Command::new(shalefs_bin());
-    c.arg("--root").arg(store).env_remove("SHALEFS_REGISTRIES_CONF").env("HOME", store.parent().unwrap_or(store));
+    c.arg("--root")
+        .arg(store)
+        .env_remove("SHALEFS_REGISTRIES_CONF")
+        .env_remove("CONTAINERS_REGISTRIES_CONF")
+        .env("HOME", store.parent().unwrap_or(store));
     c
 }
 
@@ -450,6 +454,19 @@ fn a_mirror_that_is_down_falls_back_to_the_origin_and_a_working_mirror_serves_wi
     pull_ok(&store2, &image, &["--registries-conf", conf_arg, "--creds", "alice:secret"]);
     assert_eq!(origin_proxy.log().len(), before, "the origin was asked although the mirror had everything");
     assert!(mirror_proxy.log().iter().all(|l| !l.contains("[auth]")), "origin credentials went to a mirror");
+
+    // The same mirror from podman's registries.conf (TOML, a scheme-less insecure location).
+    let toml = dir.path().join("registries.conf");
+    std::fs::write(
+        &toml,
+        format!("[[registry]]\nlocation = \"{}\"\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n", origin_proxy.host(), mirror_proxy.host()),
+    )
+    .unwrap();
+    let mirror_before = mirror_proxy.log().len();
+    let out = run(shalefs(&dir.path().join("store3")).env("CONTAINERS_REGISTRIES_CONF", &toml).args(["pull", &image, "--creds", "alice:secret"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(origin_proxy.log().len(), before, "the origin was asked although the mirror had everything");
+    assert!(mirror_proxy.log().len() > mirror_before, "the registries.conf mirror was not used");
 }
 
 #[test]

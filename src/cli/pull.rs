@@ -26,7 +26,8 @@ pub struct PullArgs {
     /// Allow plain HTTP to this registry (always allowed for localhost and 127.0.0.1)
     #[arg(long)]
     pub insecure: bool,
-    /// Mirrors file (JSON; default /etc/shalefs/registries.json or $SHALEFS_REGISTRIES_CONF)
+    /// Mirrors file: shalefs' JSON or podman's registries.conf (default: $SHALEFS_REGISTRIES_CONF,
+    /// $CONTAINERS_REGISTRIES_CONF, /etc/shalefs/registries.json, /etc/containers/registries.conf)
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
     /// Layers fetched at once
