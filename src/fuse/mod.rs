@@ -37,14 +37,18 @@ impl ShaleFs {
         ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default() }
     }
 
-    /// Reply to an open: through to the real file when the kernel allows it.
-    fn reply_open(&self, ino: u64, fh: u64, reply: ReplyOpen) {
-        let Ok(open) = self.union.open_file(fh) else {
-            return reply.opened(FileHandle(fh), self.open_flags(None));
-        };
-        match self.backings.open(ino, fh, &open, |fd| reply.open_backing(fd)) {
-            backing::Reply::Passthrough(id, extra) => reply.opened_passthrough(FileHandle(fh), Self::passthrough_flags() | extra, &id),
-            backing::Reply::Plain(extra) => reply.opened(FileHandle(fh), self.open_flags(Some(&open)) | extra),
+    /// How to answer an open or a create of handle `fh`: the backing file to pass through to,
+    /// when the kernel allows it, and the open flags. `register` is the reply's `open_backing`.
+    fn open_answer(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> (Option<std::sync::Arc<fuser::BackingId>>, FopenFlags) {
+        let Ok(open) = self.union.open_file(fh) else { return (None, self.open_flags(None)) };
+        match self.backings.open(ino, fh, &open, register) {
+            backing::Reply::Passthrough(id, extra) => (Some(id), Self::passthrough_flags() | extra),
+            backing::Reply::Plain(extra) => (None, self.open_flags(Some(&open)) | extra),
         }
     }
 
@@ -130,7 +134,10 @@ impl Filesystem for ShaleFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.union.open(ino.0, flags.0) {
-            Ok(fh) => self.reply_open(ino.0, fh, reply),
+            Ok(fh) => match self.open_answer(ino.0, fh, |fd| reply.open_backing(fd)) {
+                (Some(id), flags) => reply.opened_passthrough(FileHandle(fh), flags, &id),
+                (None, flags) => reply.opened(FileHandle(fh), flags),
+            },
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -337,21 +344,9 @@ impl Filesystem for ShaleFs {
         match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
             Ok((e, fh)) => {
                 let (attr, generation) = (file_attr(&e.stat), Generation(e.generation));
-                let open = self.union.open_file(fh);
-                let decision = open.as_ref().map(|o| self.backings.open(e.stat.st_ino, fh, o, |fd| reply.open_backing(fd)));
-                match decision {
-                    Ok(backing::Reply::Passthrough(id, extra)) => reply.created_passthrough(
-                        &self.ttl,
-                        &attr,
-                        generation,
-                        FileHandle(fh),
-                        Self::passthrough_flags() | extra,
-                        &id,
-                    ),
-                    Ok(backing::Reply::Plain(extra)) => {
-                        reply.created(&self.ttl, &attr, generation, FileHandle(fh), self.open_flags(None) | extra)
-                    }
-                    Err(_) => reply.created(&self.ttl, &attr, generation, FileHandle(fh), self.open_flags(None)),
+                match self.open_answer(e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
+                    (Some(id), flags) => reply.created_passthrough(&self.ttl, &attr, generation, FileHandle(fh), flags, &id),
+                    (None, flags) => reply.created(&self.ttl, &attr, generation, FileHandle(fh), flags),
                 }
             }
             Err(e) => reply.error(errno(e)),
