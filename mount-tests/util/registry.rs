@@ -110,40 +110,40 @@ pub struct ProxyBehaviour {
     pub redirect_blobs_to: Option<u16>,
 }
 
-/// A logging HTTP proxy in front of a registry: one request per connection (it asks both
-/// sides for `Connection: close`), each request line and its Range and Authorization headers
-/// recorded.
-pub struct Proxy {
+/// A loopback TCP server a test runs: each connection goes to `handle` (on a thread of its own
+/// when `concurrent`), with a log the handler appends to; it stops accepting when dropped.
+pub struct TestServer {
     pub port: u16,
-    pub requests: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
-impl Proxy {
-    pub fn start(upstream: u16, behaviour: ProxyBehaviour) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
-        let port = listener.local_addr().expect("proxy addr").port();
+impl TestServer {
+    pub fn start(concurrent: bool, handle: impl Fn(TcpStream, &Mutex<Vec<String>>) + Send + Sync + 'static) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test server");
+        let port = listener.local_addr().expect("test server addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let behaviour = Arc::new(behaviour);
-        let cut_done = Arc::new(AtomicUsize::new(0));
-        let served = Arc::new(AtomicUsize::new(0));
-        let (reqs, stopping) = (requests.clone(), stop.clone());
+        let (reqs, stopping, handle) = (log.clone(), stop.clone(), Arc::new(handle));
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((client, _)) => {
-                        let (reqs, b, cut, n) = (reqs.clone(), behaviour.clone(), cut_done.clone(), served.clone());
-                        std::thread::spawn(move || {
-                            let _ = serve_one(client, upstream, &reqs, &b, &cut, &n);
-                        });
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let (reqs, handle) = (reqs.clone(), handle.clone());
+                        let work = move || handle(stream, &reqs);
+                        if concurrent {
+                            std::thread::spawn(work);
+                        } else {
+                            work();
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Proxy { port, requests, stop }
+        TestServer { port, log, stop }
     }
 
     pub fn host(&self) -> String {
@@ -151,13 +151,39 @@ impl Proxy {
     }
 
     pub fn log(&self) -> Vec<String> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+        self.log.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
-impl Drop for Proxy {
+impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A logging HTTP proxy in front of a registry: one request per connection (it asks both
+/// sides for `Connection: close`), each request line and its Range and Authorization headers
+/// recorded.
+pub struct Proxy {
+    pub port: u16,
+    server: TestServer,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, behaviour: ProxyBehaviour) -> Proxy {
+        let (cut_done, served) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let server = TestServer::start(true, move |client, log| {
+            let _ = serve_one(client, upstream, log, &behaviour, &cut_done, &served);
+        });
+        Proxy { port: server.port, server }
+    }
+
+    pub fn host(&self) -> String {
+        self.server.host()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.server.log()
     }
 }
 
@@ -169,7 +195,6 @@ fn serve_one(
     cut: &AtomicUsize,
     served: &AtomicUsize,
 ) -> std::io::Result<()> {
-    client.set_nonblocking(false)?;
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
     let mut line = String::new();

@@ -4,26 +4,22 @@
 //! push needs the basic credentials bob:pw.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use base64::Engine as _;
 
+use super::registry::TestServer;
 use super::run_ok;
 
 pub const SERVICE: &str = "shalefs-registry";
 pub const ISSUER: &str = "shalefs-test-issuer";
 
 pub struct TokenServer {
-    pub port: u16,
     pub cert: PathBuf,
-    /// One line per token request: "<method> <anonymous|user> <scope>".
-    pub requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    /// Its log: one line per token request, "<method> <anonymous|user> <scope>".
+    server: TestServer,
 }
 
 impl TokenServer {
@@ -34,38 +30,19 @@ impl TokenServer {
             .arg("-keyout").arg(&key).arg("-out").arg(&cert));
         let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().expect("openssl x509");
         let x5c = base64::engine::general_purpose::STANDARD.encode(der.stdout);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
-        let port = listener.local_addr().expect("addr").port();
-        listener.set_nonblocking(true).expect("nonblocking");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (reqs, stopping) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = answer(stream, &key, &x5c, &reqs);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        // One request at a time: the signature goes through one scratch file.
+        let server = TestServer::start(false, move |stream, log| {
+            let _ = answer(stream, &key, &x5c, log);
         });
-        TokenServer { port, cert, requests, stop }
+        TokenServer { cert, server }
     }
 
     pub fn realm(&self) -> String {
-        format!("http://127.0.0.1:{}/token", self.port)
+        format!("http://{}/token", self.server.host())
     }
 
     pub fn log(&self) -> Vec<String> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.server.log()
     }
 }
 
@@ -133,7 +110,6 @@ fn answer(stream: std::net::TcpStream, key: &Path, x5c: &str, log: &Mutex<Vec<St
     let claims = serde_json::json!({"iss": ISSUER, "sub": who, "aud": SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
         "jti": format!("{now}-{}", std::process::id()), "access": access});
     let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
-    // One request at a time is served, so one scratch file will do.
     let input_file = key.with_file_name("jwt-signing-input");
     std::fs::write(&input_file, &signing_input)?;
     let sig = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(key).arg(&input_file).output()?;
