@@ -78,10 +78,12 @@ impl Observer for Progress {
 
 impl Bars {
     fn event(&mut self, e: Event<'_>) {
-        let style = ProgressStyle::with_template("{prefix}: {msg:<16} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
         match e {
             Event::Layers(layers) => {
+                // Parsed once per pull, not on every progress event (one per network read).
+                let style =
+                    ProgressStyle::with_template("{prefix}: {msg:<16} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar());
                 self.bars = layers
                     .iter()
                     .map(|(d, size)| {
