@@ -6,6 +6,7 @@ mod chroot;
 mod cli;
 mod differential;
 mod merged_view;
+mod metacopy;
 mod pjdfstest;
 mod pull;
 mod write_path;

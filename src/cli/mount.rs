@@ -47,6 +47,11 @@ pub struct MountArgs {
     /// root), which is used when the kernel allows it
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Copy up only the metadata of a regular file for chmod, chown, utimes, xattr changes and
+    /// renames; its data follows on the first write (as overlayfs' metacopy=on; same as
+    /// `-o metacopy=on`). Kernel overlayfs can mount such an upper only with metacopy=on.
+    #[arg(long)]
+    pub metacopy: bool,
     /// Name the container made for IMAGE (default: from the image name and a random suffix)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -88,6 +93,7 @@ pub struct MountPlan {
     pub flags: MountFlags,
     pub threads: usize,
     pub passthrough: bool,
+    pub metacopy: bool,
 }
 
 #[derive(Debug)]
@@ -258,6 +264,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         flags,
         threads: args.threads.unwrap_or_else(session::default_threads),
         passthrough: !args.no_passthrough,
+        metacopy: args.metacopy || opts.metacopy,
     })
 }
 
@@ -345,7 +352,9 @@ fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     };
     let lowers = plan.lowers.iter().map(|p| Layer::open(p, Role::Lower, Formats::LOWER)).collect::<anyhow::Result<Vec<_>>>()?;
     let stack = LayerStack::with_work(upper, work, lowers)?;
-    Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))
+    let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
+    union.set_metacopy(plan.metacopy);
+    Ok(union)
 }
 
 /// How long the kernel may cache entries and attributes. Lowers never change under a mount, and

@@ -15,6 +15,8 @@ pub struct OverlayOptions {
     pub work: Option<PathBuf>,
     pub fsname: Option<String>,
     pub flags: MountFlags,
+    /// `metacopy=on`: metadata-only copy-up of regular files.
+    pub metacopy: bool,
 }
 
 /// Split on `sep`, where a backslash escapes the next character (overlayfs allows `\,` and `\:`
@@ -73,11 +75,20 @@ fn one_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
 /// Options kernel overlayfs or fuse-overlayfs accept that shalefs has no use for: accepted so an
 /// existing command line works, and said in the log.
 const IGNORED: &[&str] = &[
-    "index", "redirect_dir", "metacopy", "xino", "nfs_export", "uuid", "verity", "userxattr", "volatile",
+    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity", "userxattr", "volatile",
     "default_permissions", "allow_other", "allow_root", "fsync", "noacl", "squash_to_root", "squash_to_uid",
     "squash_to_gid", "static_nlink", "threaded", "context", "fscontext", "defcontext", "rootcontext", "dev",
     "suid", "exec", "atime", "relatime", "strictatime", "sync", "async", "rw",
 ];
+
+/// The value of an on/off option, spelled as overlayfs spells it.
+fn on_or_off(key: &str, value: &str) -> anyhow::Result<bool> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => anyhow::bail!("-o {key}= takes on or off, not {value:?}"),
+    }
+}
 
 pub fn parse(option_strings: &[String]) -> anyhow::Result<(OverlayOptions, Vec<String>)> {
     let mut out = OverlayOptions::default();
@@ -99,6 +110,7 @@ pub fn parse(option_strings: &[String]) -> anyhow::Result<(OverlayOptions, Vec<S
             ("upperdir", Some(v)) => out.upper = Some(one_path("upperdir", v)?),
             ("workdir", Some(v)) => out.work = Some(one_path("workdir", v)?),
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
+            ("metacopy", Some(v)) => out.metacopy = on_or_off("metacopy", v)?,
             ("ro", None) => out.flags.read_only = true,
             ("nodev", None) => out.flags.nodev = true,
             ("nosuid", None) => out.flags.nosuid = true,
@@ -145,6 +157,13 @@ mod tests {
         let (o, ignored) = parse(&["lowerdir=/a,ro,nodev,index=on,redirect_dir=on".into()]).unwrap();
         assert!(o.flags.read_only && o.flags.nodev);
         assert_eq!(ignored, vec!["index=on".to_string(), "redirect_dir=on".to_string()]);
+    }
+
+    #[test]
+    fn metacopy_is_on_or_off() {
+        assert!(p("lowerdir=/a,metacopy=on").metacopy);
+        assert!(!p("lowerdir=/a,metacopy=on,metacopy=off").metacopy);
+        assert!(parse(&["lowerdir=/a,metacopy=yes".into()]).is_err());
     }
 
     #[test]

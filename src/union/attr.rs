@@ -4,6 +4,7 @@
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
+use super::copy_up::CopyUp;
 use super::lookup::present;
 
 /// A time to set: now, or a given moment.
@@ -38,13 +39,19 @@ impl Union {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<libc::stat> {
         let node = self.nodes.get(ino)?;
         let top = node.top();
-        let mut st = match fh.and_then(|fh| self.files.get(fh).ok()) {
+        // A metacopy file's handle reads the data below; its attributes are the copy's.
+        let metacopy = node.is_metacopy();
+        let mut st = match fh.filter(|_| !metacopy).and_then(|fh| self.files.get(fh).ok()) {
             Some(open) => sys::fstat(self.current_fd(&open)?)?,
             None => {
                 let top = top.as_ref().map_err(|e| *e)?;
                 self.stack.get(top.layer)?.stat(&top.path)?
             }
         };
+        if metacopy && let Some(data) = node.branches().last() {
+            // Space used is the data's, as overlayfs reports it.
+            st.st_blocks = self.stack.get(data.layer)?.stat(&data.path)?.st_blocks;
+        }
         present(&mut st, node.ino, node.is_merged_dir());
         // Removed but still open: kept in the work directory, and has no name.
         if top.is_ok_and(|t| t.layer == super::layer::WORK_LAYER) {
@@ -55,8 +62,13 @@ impl Union {
 
     pub fn setattr(&self, ino: u64, change: SetAttr, fh: Option<u64>) -> SysResult<libc::stat> {
         let node = self.nodes.get(ino)?;
-        // A truncation to zero needs none of the old data.
-        self.copy_up_node(&node, change.size != Some(0))?;
+        // A truncation to zero needs none of the old data; without a size, no data at all.
+        let need = match change.size {
+            Some(0) => CopyUp::Truncate,
+            Some(_) => CopyUp::Data,
+            None => CopyUp::Metadata,
+        };
+        self.copy_up_node(&node, need)?;
         let top = node.top()?;
         let layer = self.stack.get(top.layer)?;
         if change.uid.is_some() || change.gid.is_some() {

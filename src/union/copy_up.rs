@@ -14,14 +14,39 @@ use std::sync::Arc;
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
-use super::layer::{Layer, Role, WORK_LAYER, join};
+use super::layer::{Layer, METACOPY_XATTR, Role, WORK_LAYER, join};
 use super::lookup::{Found, ORIGIN_XATTR};
 use super::node::{Branch, Node};
 use super::util::parent_of;
 use super::whiteout::is_private_xattr;
 
+/// What a copy-up is for, which decides how much of a regular file is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyUp {
+    /// The file is about to be written: data and metadata.
+    Data,
+    /// The file is about to be truncated to zero: its old data would be thrown away at once.
+    Truncate,
+    /// Only metadata changes (mode, owner, times, xattrs, a rename): with `metacopy=on` a
+    /// regular file's data stays below, as overlayfs' metacopy does.
+    Metadata,
+}
+
 /// Lower files with more than one link, by inode: every path of each, in one layer.
 pub type AliasMap = HashMap<u64, Vec<Vec<u8>>>;
+
+/// What a copied regular file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Data,
+    /// The size, without data: a metacopy.
+    Sparse,
+    Empty,
+}
+
+/// `overlay.metacopy` as overlayfs writes it without an fs-verity digest: empty. (With a
+/// digest it is a header and the digest; any value marks a metacopy.)
+const METACOPY_VALUE: [u8; 0] = [];
 
 fn kind_of(st: &libc::stat) -> u32 {
     st.st_mode & libc::S_IFMT
@@ -59,22 +84,24 @@ impl Union {
         if found.kind != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);
         }
-        match self.copy_up_found(&found, false) {
+        match self.copy_up_found(&found, CopyUp::Metadata) {
             // Another request copied it up first: either way it is there now.
             Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => upper.stat(dir),
             Err(e) => Err(e),
         }
     }
 
-    /// Copy a node up if it is not in the upper yet. `with_data` false is for a file about to be
-    /// truncated to zero: its old data would be thrown away at once.
-    pub(super) fn copy_up_node(&self, node: &Node, with_data: bool) -> SysResult<()> {
+    /// Copy a node up, as far as `need` asks, if it is not in the upper that far yet.
+    pub(super) fn copy_up_node(&self, node: &Node, need: CopyUp) -> SysResult<()> {
         let _locked = node.copy_up.lock().unwrap_or_else(|p| p.into_inner());
         let state = node.state();
         if state.branches.is_empty() {
             return Err(Errno::ENOENT);
         }
         if self.is_upper(&state.branches) {
+            if need != CopyUp::Metadata && node.is_metacopy() {
+                return self.copy_up_metacopy_data(node, need);
+            }
             return Ok(());
         }
         self.upper()?;
@@ -85,7 +112,7 @@ impl Union {
         let path = self.visible_name(node, &state.path, &lower)?;
         self.ensure_upper_dir(&sys::cstring(&parent_of(path.to_bytes()))?)?;
         let found = Found { ino: node.ino, kind: node.kind(), stat: self.stack.get(lower.layer)?.stat(&lower.path)?, path, branches: state.branches };
-        self.copy_up_found(&found, with_data)?;
+        self.copy_up_found(&found, need)?;
         if node.kind() == libc::S_IFREG && found.stat.st_nlink > 1 {
             self.copy_up_aliases(&lower, &found)?;
         }
@@ -113,7 +140,7 @@ impl Union {
     }
 
     /// Copy the object `found` (a directory: itself only) to `found.path` in the upper.
-    pub(super) fn copy_up_found(&self, found: &Found, with_data: bool) -> SysResult<()> {
+    pub(super) fn copy_up_found(&self, found: &Found, need: CopyUp) -> SysResult<()> {
         let src = found.branches.first().ok_or(Errno::ENOENT)?;
         if self.is_upper(&found.branches) {
             return Ok(());
@@ -121,8 +148,17 @@ impl Union {
         let (upper, work) = (self.upper()?, self.work()?);
         let src_layer = self.stack.get(src.layer)?;
         let st = src_layer.stat(&src.path)?;
+        let metacopy = self.wants_metacopy(&st, need);
+        let content = match need {
+            CopyUp::Truncate => Content::Empty,
+            _ if metacopy => Content::Sparse,
+            _ => Content::Data,
+        };
         let tmp = self.temp_name();
-        let result = self.build_copy(src_layer, &src.path, &st, &tmp, with_data).and_then(|()| {
+        let result = self.build_copy(src_layer, &src.path, &st, &tmp, content).and_then(|()| {
+            if metacopy {
+                self.set_work_xattr(&tmp, METACOPY_XATTR, &METACOPY_VALUE)?;
+            }
             if kind_of(&st) == libc::S_IFDIR {
                 // Reached through a redirect: the layers below know it under another path.
                 if src.path != found.path {
@@ -149,7 +185,8 @@ impl Union {
         let branch = Branch { layer: 0, path: found.path.clone(), xattr_whiteouts: false };
         if let Some(node) = self.nodes.find(found.ino) {
             node.update(|s| {
-                if found.kind == libc::S_IFDIR {
+                if found.kind == libc::S_IFDIR || metacopy {
+                    // A directory stays merged; a metacopy file keeps reading the data below.
                     if s.branches.first().is_none_or(|b| b.layer != 0) {
                         s.branches.insert(0, branch);
                     }
@@ -162,16 +199,52 @@ impl Union {
         Ok(())
     }
 
+    /// Whether a copy-up for `need` of the object `st` leaves its data below. Hard-linked files
+    /// are copied whole, so that the names linked to the copy never depend on a lower path.
+    fn wants_metacopy(&self, st: &libc::stat, need: CopyUp) -> bool {
+        self.metacopy && need == CopyUp::Metadata && kind_of(st) == libc::S_IFREG && st.st_nlink <= 1
+    }
+
+    /// The second half of a metacopy file's copy-up, before its first write: the data is copied
+    /// into the upper file in place (overlayfs does the same), and only then is the metacopy mark
+    /// removed, so a crash in between leaves the file reading the lower data still. The upper's
+    /// times are kept: the copy is not a change the user made.
+    fn copy_up_metacopy_data(&self, node: &Node, need: CopyUp) -> SysResult<()> {
+        let state = node.state();
+        let (Some(top), Some(data)) = (state.branches.first(), state.branches.last()) else { return Err(Errno::ENOENT) };
+        let upper = self.upper()?;
+        let out = sys::open_beneath(upper.fd(), &top.path, libc::O_WRONLY)?;
+        let times = sys::stat_times(&sys::fstat(out.as_fd())?);
+        if need == CopyUp::Data {
+            let data_layer = self.stack.get(data.layer)?;
+            let input = sys::open_beneath(data_layer.fd(), &data.path, libc::O_RDONLY)?;
+            copy_data(input.as_fd(), out.as_fd(), sys::fstat(input.as_fd())?.st_size as u64)?;
+        } else {
+            sys::ftruncate(out.as_fd(), 0)?;
+        }
+        sys::futimens(out.as_fd(), times)?;
+        // The redirect of a moved metacopy file pointed at its data; the data is here now.
+        self.remove_upper_xattr(&top.path, b"redirect")?;
+        self.remove_upper_xattr(&top.path, METACOPY_XATTR)?;
+        node.update(|s| s.branches.truncate(1));
+        Ok(())
+    }
+
     /// Build the copy of one object at `tmp` in the work directory, with owner, mode and xattrs.
-    fn build_copy(&self, src_layer: &Layer, src: &CStr, st: &libc::stat, tmp: &CStr, with_data: bool) -> SysResult<()> {
+    fn build_copy(&self, src_layer: &Layer, src: &CStr, st: &libc::stat, tmp: &CStr, content: Content) -> SysResult<()> {
         let work = self.work()?;
         match kind_of(st) {
             libc::S_IFDIR => sys::mkdirat(work.fd(), tmp, 0o700)?,
             libc::S_IFREG => {
                 let out = sys::open_beneath_mode(work.fd(), tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
-                if with_data {
-                    let input = sys::open_beneath(src_layer.fd(), src, libc::O_RDONLY)?;
-                    copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                match content {
+                    Content::Data => {
+                        let input = sys::open_beneath(src_layer.fd(), src, libc::O_RDONLY)?;
+                        copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                    }
+                    // A metacopy has the size of its data and no blocks (overlayfs: ovl_set_size).
+                    Content::Sparse => sys::ftruncate(out.as_fd(), st.st_size as u64)?,
+                    Content::Empty => {}
                 }
             }
             libc::S_IFLNK => {

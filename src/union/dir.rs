@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use crate::sys::{self, Errno, SysResult};
 
 use super::{Entry, Union};
+use super::copy_up::CopyUp;
 use super::layer::{WORK_LAYER, join, join_c};
 use super::lookup::{Found, check_name};
 use super::node::{Branch, Node, NodeState};
@@ -163,7 +164,8 @@ impl Union {
         if self.find(&pstate.path, &pstate.branches, newname)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        self.copy_up_node(&node, true)?;
+        // The new name needs no lower path to read its data from: copy it whole.
+        self.copy_up_node(&node, CopyUp::Data)?;
         self.ensure_upper_dir(&pstate.path)?;
         let (upper, work) = (self.upper()?, self.work()?);
         let top = node.top()?;
@@ -396,12 +398,22 @@ impl Union {
             Ok(())
         } else {
             match self.nodes.find(obj.ino) {
-                Some(n) => self.copy_up_node(&n, true),
+                Some(n) => self.copy_up_node(&n, CopyUp::Metadata)?,
                 None => {
                     let _ = self.ensure_upper_dir(&sys::cstring(&super::util::parent_of(obj.path.to_bytes()))?);
-                    self.copy_up_found(obj, true)
+                    self.copy_up_found(obj, CopyUp::Metadata)?
                 }
             }
+            // A moved metacopy file finds its data through a redirect, as with overlayfs'
+            // metacopy: the path of the data in the layers below.
+            let upper = self.upper()?;
+            let data = obj.branches.last().filter(|b| !self.is_upper(std::slice::from_ref(b)));
+            if let Some(data) = data.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
+                let mut target = b"/".to_vec();
+                target.extend_from_slice(data.path.to_bytes());
+                self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+            }
+            Ok(())
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
+use super::copy_up::CopyUp;
 use super::layer::Role;
 use super::node::Node;
 use super::readdir::OpenDir;
@@ -66,11 +67,13 @@ impl Union {
         let writable = wants_write(flags);
         if writable {
             // O_TRUNC throws the data away: copy only the metadata.
-            self.copy_up_node(&node, flags & libc::O_TRUNC == 0)?;
+            let need = if flags & libc::O_TRUNC != 0 { CopyUp::Truncate } else { CopyUp::Data };
+            self.copy_up_node(&node, need)?;
         }
-        let top = node.top()?;
-        let layer = self.stack.get(top.layer)?;
-        let fd = sys::open_beneath(layer.fd(), &top.path, flags & PASSED_FLAGS)?;
+        // Where the data is: for a metacopy file (read-only here), the layer below its copy.
+        let data = node.branches().pop().ok_or(Errno::ENOENT)?;
+        let layer = self.stack.get(data.layer)?;
+        let fd = sys::open_beneath(layer.fd(), &data.path, flags & PASSED_FLAGS)?;
         let may_move = layer.role == Role::Lower && !self.is_read_only();
         Ok(self.add_open_file(node, File::from(fd), writable, may_move))
     }
@@ -100,7 +103,7 @@ impl Union {
     /// The real file behind a handle, following a copy-up that happened since it was opened.
     pub fn current_fd<'a>(&self, open: &'a OpenFile) -> SysResult<BorrowedFd<'a>> {
         // Checked on every read of such a handle: the layer index alone, no path copied.
-        let moved_up = || open.node.top_layer().and_then(|l| self.stack.get(l).ok()).is_some_and(|l| l.role != Role::Lower);
+        let moved_up = || open.node.data_layer().and_then(|l| self.stack.get(l).ok()).is_some_and(|l| l.role != Role::Lower);
         if open.may_move && open.moved.get().is_none() && moved_up() {
             let top = open.node.top()?;
             let fd = sys::open_beneath(self.stack.get(top.layer)?.fd(), &top.path, libc::O_RDONLY)?;

@@ -115,6 +115,12 @@ impl Layer {
         None
     }
 
+    /// A regular file whose data is in a layer below (`overlay.metacopy`, written by a
+    /// metadata-only copy-up under `metacopy=on`).
+    pub fn is_metacopy(&self, rel: &CStr) -> bool {
+        self.overlay_xattr(rel, METACOPY_XATTR).is_some()
+    }
+
     /// The opaque / xattr-whiteout marks of a directory in this layer.
     pub fn dir_marks(&self, dir_rel: &[u8]) -> DirMarks {
         self.dir_info(dir_rel).0
@@ -299,6 +305,9 @@ pub struct LayerStack {
     layers: Vec<Layer>,
     work: Option<Layer>,
 }
+
+/// `overlay.metacopy`: set on an upper file that holds metadata only.
+pub const METACOPY_XATTR: &[u8] = b"metacopy";
 
 /// The layer index that names the work directory in a [`super::node::Branch`].
 pub const WORK_LAYER: u16 = u16::MAX;

@@ -95,6 +95,9 @@ impl Union {
         // lowest directory of a merge, which stays the same when the directory is copied up.
         let mut identity = (0u64, 0u64);
         let mut origin: Option<u64> = None;
+        // The top is a metadata-only copy (overlayfs' metacopy): its data is the regular file
+        // of the same name (or of its redirect) in a layer below, which is looked for next.
+        let mut wants_data = false;
 
         while let Some(c) = queue.pop_front() {
             let layer = self.stack.get(c.layer)?;
@@ -125,14 +128,42 @@ impl Union {
             if layer.is_whiteout(&rel, &st, parent_marks) {
                 break;
             }
+            if wants_data {
+                // Only a regular file can hold a metacopy's data (overlayfs: EIO otherwise).
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    tracing::warn!("metacopy {:?}: the layer below has no regular file", rel);
+                    return Err(Errno::EIO);
+                }
+                if let Some(t) = top.as_mut() {
+                    // Space used is the data's, as overlayfs reports for a metacopy file.
+                    t.st_blocks = st.st_blocks;
+                }
+                wants_data = layer.is_metacopy(&rel);
+                branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
+                if wants_data {
+                    continue;
+                }
+                break;
+            }
             if !is_dir(&st) {
-                if top.is_none() {
-                    identity = (st.st_dev, st.st_ino);
-                    if layer.role == Role::Upper {
-                        origin = layer.overlay_xattr(&rel, ORIGIN_XATTR).and_then(|v| parse_origin(&v));
-                    }
-                    top = Some(st);
-                    branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
+                // Below a directory: ends the merge, shows nothing.
+                if top.is_some() {
+                    break;
+                }
+                identity = (st.st_dev, st.st_ino);
+                if layer.role == Role::Upper {
+                    origin = layer.overlay_xattr(&rel, ORIGIN_XATTR).and_then(|v| parse_origin(&v));
+                }
+                top = Some(st);
+                wants_data = st.st_mode & libc::S_IFMT == libc::S_IFREG && layer.is_metacopy(&rel);
+                // A moved metacopy file: the layers below hold its data under the old path.
+                let redirect = if wants_data { layer.overlay_xattr(&rel, b"redirect") } else { None };
+                branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
+                if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
+                    queue = self.candidates_below(c.layer, dir, name);
+                }
+                if wants_data {
+                    continue;
                 }
                 break;
             }
@@ -149,16 +180,13 @@ impl Union {
             }
             // A moved directory: the layers below hold it under its old path.
             if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
-                queue = ((c.layer as usize + 1)..self.stack.len())
-                    .map(|l| Candidate {
-                        layer: l as u16,
-                        dir: dir.clone(),
-                        name: name.clone(),
-                        xattr_whiteouts: false,
-                        redirected: true,
-                    })
-                    .collect();
+                queue = self.candidates_below(c.layer, dir, name);
             }
+        }
+        if wants_data {
+            // overlayfs fails such a lookup too: the file's contents are lost.
+            tracing::warn!("metacopy {:?}: no layer below holds its data", join(parent_path.to_bytes(), name));
+            return Err(Errno::EIO);
         }
 
         let Some(mut stat) = top else { return Ok(None) };
@@ -167,6 +195,14 @@ impl Union {
         present(&mut stat, ino, kind == libc::S_IFDIR && branches.len() > 1);
         let path = join_c(parent_path, name)?;
         Ok(Some(Found { ino, kind, stat, path, branches }))
+    }
+
+    /// Where the layers below `layer` hold an object a redirect names: `dir/name`, reached from
+    /// each layer's root.
+    fn candidates_below(&self, layer: u16, dir: Vec<u8>, name: Vec<u8>) -> std::collections::VecDeque<Candidate> {
+        ((layer as usize + 1)..self.stack.len())
+            .map(|l| Candidate { layer: l as u16, dir: dir.clone(), name: name.clone(), xattr_whiteouts: false, redirected: true })
+            .collect()
     }
 
     /// The branches of the root: every layer, top first, each at its root.

@@ -56,6 +56,10 @@ pub struct Union {
     dirs: HandleTable<OpenDir>,
     /// Per lower layer, its hard-linked files, built when one of them is first copied up.
     aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::AliasMap>>>,
+    /// `metacopy=on`: a metadata change copies a regular file's metadata only, its data stays
+    /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
+    /// as there).
+    metacopy: bool,
 }
 
 impl Union {
@@ -68,10 +72,16 @@ impl Union {
             files: HandleTable::default(),
             dirs: HandleTable::default(),
             aliases: Default::default(),
+            metacopy: false,
         };
         let branches = union.root_branches()?;
         union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
         Ok(union)
+    }
+
+    /// Turn metadata-only copy-up on or off (before the mount serves requests).
+    pub fn set_metacopy(&mut self, on: bool) {
+        self.metacopy = on;
     }
 
     pub fn stack(&self) -> &LayerStack {

@@ -19,7 +19,8 @@ pub struct Branch {
 }
 
 /// One object of the merged view. A directory has a branch in every layer it is merged from,
-/// top first; any other object has exactly one, the topmost.
+/// top first; a metacopy file its metadata-only copy and the layers down to its data; any other
+/// object has exactly one, the topmost.
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
@@ -109,6 +110,19 @@ impl Node {
     /// The layer of the top branch, without copying its path.
     pub fn top_layer(&self) -> Option<u16> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().map(|b| b.layer)
+    }
+
+    /// The layer a regular file's data is read from: its top branch, or for a metacopy file
+    /// the lowest branch, which holds the data.
+    pub fn data_layer(&self) -> Option<u16> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if self.is_dir() { state.branches.first() } else { state.branches.last() }.map(|b| b.layer)
+    }
+
+    /// A regular file copied up without its data (overlayfs' metacopy): attributes come from the
+    /// top branch, data from the last.
+    pub fn is_metacopy(&self) -> bool {
+        self.kind() == libc::S_IFREG && self.state.read().unwrap_or_else(|p| p.into_inner()).branches.len() > 1
     }
 
     /// A directory is "merged" when more than one layer contributes to it.

@@ -245,3 +245,109 @@ fn long_names_are_enametoolong() {
     let u = l.union();
     assert_eq!(u.lookup(ROOT_INO, &[b'x'; 256]).unwrap_err(), sys::Errno::ENAMETOOLONG);
 }
+
+fn xattr_of(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = sys::path_cstring(path).expect("path");
+    sys::lgetxattr(&p, &sys::cstring(name.as_bytes()).expect("name")).ok()
+}
+
+fn chmod(u: &Union, path: &str, mode: u32) {
+    let change = super::attr::SetAttr { mode: Some(mode), ..Default::default() };
+    u.setattr(resolve(u, path), change, None).expect("chmod");
+}
+
+/// A file of `len` bytes of data (not a hole), so that its blocks show.
+fn big_file(l: &Layers, layer: usize, rel: &str, len: usize) {
+    let data: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    l.file(layer, rel, &data);
+}
+
+#[test]
+fn metacopy_chmod_copies_metadata_and_leaves_the_data_below() {
+    let l = Layers::new(2);
+    big_file(&l, 1, "d/big", 64 << 10);
+    let mut u = l.union_with_upper();
+    u.set_metacopy(true);
+    chmod(&u, "d/big", 0o600);
+    let copy = l.roots[0].join("d/big");
+    assert_eq!(xattr_of(&copy, "trusted.overlay.metacopy"), Some(vec![]));
+    let meta = std::fs::metadata(&copy).expect("upper copy");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.len(), meta.blocks(), meta.mode() & 0o7777), (64 << 10, 0, 0o600));
+    // The merged view: the copy's attributes, the lower's data and space.
+    let st = u.getattr(resolve(&u, "d/big"), None).expect("getattr");
+    let lower = std::fs::metadata(l.roots[1].join("d/big")).expect("lower");
+    assert_eq!((st.st_mode & 0o7777, st.st_size, st.st_blocks as u64), (0o600, 64 << 10, lower.blocks()));
+    assert_eq!(read(&u, "d/big"), std::fs::read_to_string(l.roots[1].join("d/big")).expect("lower")[..4096]);
+}
+
+#[test]
+fn metacopy_data_follows_on_the_first_write_and_keeps_the_times() {
+    let l = Layers::new(2);
+    big_file(&l, 1, "f", 10_000);
+    let mut u = l.union_with_upper();
+    u.set_metacopy(true);
+    chmod(&u, "f", 0o640);
+    let before = u.getattr(resolve(&u, "f"), None).expect("getattr");
+    let reader = u.open(resolve(&u, "f"), libc::O_RDONLY).expect("open for reading");
+    let fh = u.open(resolve(&u, "f"), libc::O_WRONLY).expect("open for writing");
+    u.write(fh, 0, b"XY").expect("write");
+    u.release(fh);
+    let copy = l.roots[0].join("f");
+    assert_eq!(xattr_of(&copy, "trusted.overlay.metacopy"), None);
+    let mut want = std::fs::read(l.roots[1].join("f")).expect("lower");
+    want[..2].copy_from_slice(b"XY");
+    assert_eq!(std::fs::read(&copy).expect("upper"), want);
+    // A handle opened before the data came up reads the copy, as on overlayfs.
+    assert_eq!(u.read(reader, 0, 4).expect("read"), b"XYcd");
+    u.release(reader);
+    let after = std::fs::metadata(&copy).expect("upper");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(after.mode() & 0o7777, 0o640);
+    assert!(after.mtime() >= before.st_mtime);
+}
+
+#[test]
+fn metacopy_survives_a_rename_through_a_redirect() {
+    let l = Layers::new(2);
+    l.file(1, "a/f", "lower data");
+    let mut u = l.union_with_upper();
+    u.set_metacopy(true);
+    chmod(&u, "a/f", 0o600);
+    u.rename(resolve(&u, "a"), b"f", ROOT_INO, b"g", 0).expect("rename");
+    let moved = l.roots[0].join("g");
+    assert_eq!(xattr_of(&moved, "trusted.overlay.redirect"), Some(b"/a/f".to_vec()));
+    assert_eq!(xattr_of(&moved, "trusted.overlay.metacopy"), Some(vec![]));
+    assert_eq!(read(&u, "g"), "lower data");
+    assert!(!exists(&u, "a/f"));
+    // A fresh mount of the same upper finds the data through the redirect.
+    drop(u);
+    let u = l.union_with_upper();
+    assert_eq!(read(&u, "g"), "lower data");
+    assert_eq!(u.getattr(resolve(&u, "g"), None).expect("getattr").st_mode & 0o7777, 0o600);
+}
+
+#[test]
+fn metacopy_truncated_to_zero_needs_no_data_and_is_off_by_default() {
+    let l = Layers::new(2);
+    l.file(1, "t", "lower data").file(1, "plain", "lower data");
+    let mut u = l.union_with_upper();
+    chmod(&u, "plain", 0o600);
+    assert_eq!(xattr_of(&l.roots[0].join("plain"), "trusted.overlay.metacopy"), None);
+    assert_eq!(std::fs::read_to_string(l.roots[0].join("plain")).expect("full copy"), "lower data");
+    u.set_metacopy(true);
+    chmod(&u, "t", 0o600);
+    let change = super::attr::SetAttr { size: Some(0), ..Default::default() };
+    u.setattr(resolve(&u, "t"), change, None).expect("truncate");
+    assert_eq!(xattr_of(&l.roots[0].join("t"), "trusted.overlay.metacopy"), None);
+    assert_eq!(read(&u, "t"), "");
+}
+
+#[test]
+fn metacopy_without_its_data_is_eio() {
+    let l = Layers::new(2);
+    l.file(0, "lost", "").xattr(0, "lost", "trusted.overlay.metacopy", b"");
+    l.dir(1, "other");
+    let u = l.union_with_upper();
+    assert_eq!(u.lookup(ROOT_INO, b"lost").unwrap_err(), sys::Errno::EIO);
+}

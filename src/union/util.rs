@@ -33,6 +33,14 @@ impl Union {
         sys::lsetxattr(&path, &self.upper_xattr_name(suffix)?, value)
     }
 
+    pub(super) fn remove_upper_xattr(&self, rel: &CStr, suffix: &[u8]) -> SysResult<()> {
+        let path = sys::fd_relative_path(self.upper()?.fd(), rel.to_bytes())?;
+        match sys::lremovexattr(&path, &self.upper_xattr_name(suffix)?) {
+            Ok(()) | Err(Errno::ENODATA) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(super) fn set_work_xattr(&self, rel: &CStr, suffix: &[u8], value: &[u8]) -> SysResult<()> {
         let path = sys::fd_relative_path(self.work()?.fd(), rel.to_bytes())?;
         sys::lsetxattr(&path, &self.upper_xattr_name(suffix)?, value)

@@ -4,6 +4,7 @@
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
+use super::copy_up::CopyUp;
 use super::whiteout::is_private_xattr;
 
 impl Union {
@@ -29,7 +30,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         let node = self.nodes.get(ino)?;
-        self.copy_up_node(&node, true)?;
+        self.copy_up_node(&node, CopyUp::Metadata)?;
         sys::lsetxattr_flags(&self.top_path(ino)?, &sys::cstring(name)?, value, flags)
     }
 
@@ -41,7 +42,7 @@ impl Union {
         let cname = sys::cstring(name)?;
         sys::lgetxattr(&self.top_path(ino)?, &cname)?;
         let node = self.nodes.get(ino)?;
-        self.copy_up_node(&node, true)?;
+        self.copy_up_node(&node, CopyUp::Metadata)?;
         sys::lremovexattr(&self.top_path(ino)?, &cname)
     }
 

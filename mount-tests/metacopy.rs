@@ -1,0 +1,152 @@
+//! `metacopy=on`: a metadata change copies up metadata only, the data follows on the first
+//! write. Compared against kernel overlayfs with `metacopy=on`, and each mounts the other's upper.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::util::tree::xattrs;
+use crate::util::{Encoding, KernelOverlay, LayerSpec, ShaleMount, TestDir};
+
+const BIG: usize = 8 << 20;
+
+fn big_content() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
+}
+
+fn lower_spec() -> LayerSpec {
+    LayerSpec::new().file("big", big_content()).file("small", "small data\n").dir("sub").file("kept", "kept\n")
+}
+
+/// One lower, an upper and a work dir for one filesystem under test.
+struct Dirs {
+    dir: TestDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Dirs {
+    fn new(name: &str) -> Dirs {
+        let dir = TestDir::new(name);
+        let lower = dir.path().join("lower");
+        lower_spec().build(&lower, Encoding::Overlay);
+        let (upper, work, mnt) = (dir.mkdir("upper"), dir.mkdir("work"), dir.mkdir("mnt"));
+        Dirs { dir, lower, upper, work, mnt }
+    }
+
+    fn options(&self, work: &Path) -> String {
+        format!("lowerdir={},upperdir={},workdir={},metacopy=on", self.lower.display(), self.upper.display(), work.display())
+    }
+
+    fn shalefs(&self) -> ShaleMount {
+        let args: Vec<OsString> = vec!["-o".into(), self.options(&self.work).into()];
+        ShaleMount::foreground(&args, &self.mnt).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Kernel overlayfs with metacopy (which needs redirect_dir) on this upper, with a work
+    /// dir of its own.
+    fn kernel(&self) -> (KernelOverlay, PathBuf) {
+        let (kw, km) = (self.dir.mkdir("kwork"), self.dir.mkdir("kmnt"));
+        let opts = format!("{},redirect_dir=on,index=on", self.options(&kw));
+        (KernelOverlay::mount(&opts, &km), km)
+    }
+
+    /// The overlay's marks on an upper file that say where its data is.
+    fn marks(&self, rel: &str) -> Vec<String> {
+        xattrs(&self.upper.join(rel))
+            .into_iter()
+            .filter(|(k, _)| k == b"trusted.overlay.metacopy" || k == b"trusted.overlay.redirect")
+            .map(|(k, v)| format!("{}={}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)))
+            .collect()
+    }
+}
+
+fn describe(m: &Path, rel: &str) -> String {
+    let meta = std::fs::metadata(m.join(rel)).unwrap();
+    let data = std::fs::read(m.join(rel)).unwrap();
+    let sum: u64 = data.iter().map(|&b| b as u64).sum();
+    format!("{rel}: mode {:o} owner {}:{} size {} blocks>0 {} sum {sum}", meta.mode(), meta.uid(), meta.gid(), meta.len(), meta.blocks() > 0)
+}
+
+/// Metadata changes, a rename, then the first write, with a reader open from the start.
+fn sequence(d: &Dirs, m: &Path) -> Vec<String> {
+    let mut seen = Vec::new();
+    let reader = std::fs::File::open(m.join("big")).unwrap();
+    std::fs::set_permissions(m.join("big"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(m.join("big"), Some(1), Some(2)).unwrap();
+    seen.push(describe(m, "big"));
+    // An xattr block may count (ext4 puts the overlay's xattrs there); 8 MiB of data would not fit.
+    let copied = std::fs::metadata(d.upper.join("big")).unwrap().blocks() * 512 >= BIG as u64 / 2;
+    seen.push(format!("upper big: data copied {copied} marks {:?}", d.marks("big")));
+    std::fs::set_permissions(m.join("small"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::rename(m.join("small"), m.join("sub/moved")).unwrap();
+    seen.push(describe(m, "sub/moved"));
+    seen.push(format!("upper moved: marks {:?}", d.marks("sub/moved")));
+    let mut head = [0u8; 4];
+    reader.read_exact_at(&mut head, 1000).unwrap();
+    seen.push(format!("reader before write: {head:?}"));
+    std::fs::OpenOptions::new().append(true).open(m.join("big")).unwrap().write_all(b"tail").unwrap();
+    seen.push(describe(m, "big"));
+    seen.push(format!("upper big after write: marks {:?}", d.marks("big")));
+    let mut tail = Vec::new();
+    let mut r = &reader;
+    std::io::Seek::seek(&mut r, std::io::SeekFrom::Start(BIG as u64)).unwrap();
+    r.read_to_end(&mut tail).unwrap();
+    seen.push(format!("reader after write: {:?}", String::from_utf8_lossy(&tail)));
+    seen
+}
+
+#[test]
+fn metacopy_matches_kernel_overlayfs_with_metacopy() {
+    let ours = Dirs::new("metacopy-ours");
+    let seen_ours = {
+        let _m = ours.shalefs();
+        sequence(&ours, &ours.mnt)
+    };
+    let theirs = Dirs::new("metacopy-kernel");
+    let seen_kernel = {
+        let (_k, km) = theirs.kernel();
+        sequence(&theirs, &km)
+    };
+    assert_eq!(seen_ours, seen_kernel);
+    assert!(seen_ours[1].starts_with("upper big: data copied false "), "{}", seen_ours[1]);
+}
+
+#[test]
+fn kernel_overlayfs_and_shalefs_mount_each_others_metacopy_uppers() {
+    // shalefs writes, kernel overlayfs reads.
+    let ours = Dirs::new("metacopy-to-kernel");
+    {
+        let _m = ours.shalefs();
+        std::fs::set_permissions(ours.mnt.join("big"), std::fs::Permissions::from_mode(0o604)).unwrap();
+        std::fs::set_permissions(ours.mnt.join("small"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(ours.mnt.join("small"), ours.mnt.join("sub/renamed")).unwrap();
+    }
+    assert_eq!(std::fs::metadata(ours.upper.join("big")).unwrap().blocks(), 0);
+    {
+        let (_k, km) = ours.kernel();
+        assert_eq!(std::fs::read(km.join("big")).unwrap(), big_content());
+        assert_eq!(std::fs::metadata(km.join("big")).unwrap().mode() & 0o7777, 0o604);
+        assert_eq!(std::fs::read_to_string(km.join("sub/renamed")).unwrap(), "small data\n");
+        assert!(!km.join("small").exists());
+    }
+    // Kernel overlayfs writes, shalefs reads and then completes the copy-up.
+    let theirs = Dirs::new("metacopy-from-kernel");
+    {
+        let (_k, km) = theirs.kernel();
+        std::fs::set_permissions(km.join("big"), std::fs::Permissions::from_mode(0o604)).unwrap();
+        std::fs::rename(km.join("small"), km.join("sub/renamed")).unwrap();
+    }
+    assert!(!theirs.marks("big").is_empty(), "kernel overlayfs made a metacopy");
+    let _m = theirs.shalefs();
+    assert_eq!(std::fs::read(theirs.mnt.join("big")).unwrap(), big_content());
+    assert_eq!(std::fs::metadata(theirs.mnt.join("big")).unwrap().mode() & 0o7777, 0o604);
+    assert_eq!(std::fs::read_to_string(theirs.mnt.join("sub/renamed")).unwrap(), "small data\n");
+    std::fs::OpenOptions::new().append(true).open(theirs.mnt.join("sub/renamed")).unwrap().write_all(b"more\n").unwrap();
+    assert_eq!(std::fs::read_to_string(theirs.mnt.join("sub/renamed")).unwrap(), "small data\nmore\n");
+    assert_eq!(std::fs::read_to_string(theirs.upper.join("sub/renamed")).unwrap(), "small data\nmore\n");
+    assert!(theirs.marks("sub/renamed").is_empty(), "{:?}", theirs.marks("sub/renamed"));
+}
