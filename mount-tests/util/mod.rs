@@ -47,11 +47,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking() && std::env::var_os("SHALEFS_KEEP_TEST_DIRS").is_some() {
-            if let Some(d) = self.dir.take() {
+        if std::thread::panicking() && std::env::var_os("SHALEFS_KEEP_TEST_DIRS").is_some()
+            && let Some(d) = self.dir.take() {
                 eprintln!("keeping {}", d.keep().display());
             }
-        }
     }
 }
 

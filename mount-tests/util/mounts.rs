@@ -105,12 +105,11 @@ impl Drop for ShaleMount {
             }
         }
         umount(&self.mnt);
-        if self.wait_exit(Duration::from_secs(10)).is_none() {
-            if let Some(child) = self.child.as_mut() {
+        if self.wait_exit(Duration::from_secs(10)).is_none()
+            && let Some(child) = self.child.as_mut() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-        }
     }
 }
 

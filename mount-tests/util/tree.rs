@@ -85,12 +85,11 @@ impl Tree {
         let mut seen: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut out = Vec::new();
         for (path, e) in &self.entries {
-            if e.mode & libc::S_IFMT == libc::S_IFDIR {
-                if let Some(other) = seen.insert(self.inos[path], path.clone()) {
+            if e.mode & libc::S_IFMT == libc::S_IFDIR
+                && let Some(other) = seen.insert(self.inos[path], path.clone()) {
                     out.push(other);
                     out.push(path.clone());
                 }
-            }
         }
         out
     }

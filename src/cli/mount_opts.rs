@@ -27,8 +27,8 @@ fn split_escaped(s: &str, sep: char) -> Vec<String> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                if let Some(next) = chars.next() {
-                    if let Some(p) = parts.last_mut() { p.push(next) }
+                if let (Some(next), Some(p)) = (chars.next(), parts.last_mut()) {
+                    p.push(next);
                 }
             }
             c if c == sep => parts.push(String::new()),

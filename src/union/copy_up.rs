@@ -322,7 +322,7 @@ impl Union {
 
     /// The moved directories of the upper: (merged path, the lower path its redirect names).
     fn upper_redirects(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        fn walk(u: &Union, layer: &Layer, dir: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        fn walk(layer: &Layer, dir: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
             let Ok(entries) = layer.read_dir(dir) else { return };
             for (name, kind, _) in entries {
                 if kind != libc::S_IFDIR {
@@ -333,12 +333,12 @@ impl Union {
                     && let Some((d, n)) = super::lookup::redirect_target(dir, &r) {
                         out.push((rel.clone(), join(&d, &n)));
                     }
-                walk(u, layer, &rel, out);
+                walk(layer, &rel, out);
             }
         }
         let mut out = Vec::new();
         if let Ok(upper) = self.upper() {
-            walk(self, upper, b".", &mut out);
+            walk(upper, b".", &mut out);
         }
         out
     }

@@ -2,15 +2,18 @@
 //! numbers, names and handles, and returns a `Result` carrying the errno the caller should see.
 //!
 //! The split follows kernel overlayfs' `fs/overlayfs/`:
-//! - [`layer`]: the layer stack (super.c/params.c)
-//! - [`whiteout`]: whiteout and opaque encodings, as pure functions
-//! - [`lookup`]: finding a name across layers (namei.c)
-//! - [`readdir`]: merged directory listings (readdir.c)
-//! - [`attr`]: attributes (inode.c)
-//! - [`xattr`]: extended attributes, with the overlay's own hidden
-//! - [`file`]: open files and reads (file.c)
-//! - [`ino`]: inode numbers that are unique across filesystems (xino)
-//! - [`node`]: the node and handle tables
+//! - [`layer`] — the layer stack (super.c/params.c)
+//! - [`whiteout`] — whiteout and opaque encodings, as pure functions
+//! - [`lookup`] — finding a name across layers (namei.c)
+//! - [`readdir`] — merged directory listings (readdir.c)
+//! - [`attr`] — attributes (inode.c)
+//! - [`xattr`] — extended attributes, with the overlay's own hidden
+//! - [`file`] — open files and reads (file.c)
+//! - [`copy_up`] — copy-up, whole or metadata only (copy_up.c)
+//! - [`dir`] — directory operations (dir.c)
+//! - [`util`] — writing the upper in overlayfs format (util.c)
+//! - [`ino`] — inode numbers that are unique across filesystems (xino)
+//! - [`node`] — the node and handle tables
 
 pub mod attr;
 pub mod copy_up;
