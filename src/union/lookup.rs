@@ -138,7 +138,7 @@ impl Union {
                     // Space used is the data's, as overlayfs reports for a metacopy file.
                     t.st_blocks = st.st_blocks;
                 }
-                wants_data = layer.is_metacopy(&rel);
+                wants_data = self.metacopy_in(layer, &rel)?;
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
                 if wants_data {
                     continue;
@@ -155,7 +155,7 @@ impl Union {
                     origin = layer.overlay_xattr(&rel, ORIGIN_XATTR).and_then(|v| parse_origin(&v));
                 }
                 top = Some(st);
-                wants_data = st.st_mode & libc::S_IFMT == libc::S_IFREG && layer.is_metacopy(&rel);
+                wants_data = st.st_mode & libc::S_IFMT == libc::S_IFREG && self.metacopy_in(layer, &rel)?;
                 // A moved metacopy file: the layers below hold its data under the old path.
                 let redirect = if wants_data { layer.overlay_xattr(&rel, b"redirect") } else { None };
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
@@ -195,6 +195,22 @@ impl Union {
         present(&mut stat, ino, kind == libc::S_IFDIR && branches.len() > 1);
         let path = join_c(parent_path, name)?;
         Ok(Some(Found { ino, kind, stat, path, branches }))
+    }
+
+    /// Whether the regular file `rel` of `layer` is a metacopy. The upper is always asked: a
+    /// metacopy there on a mount without `metacopy=on` is refused (EPERM), as overlayfs refuses
+    /// to follow it. Lowers are asked only with `metacopy=on`; image layers hold none, and the
+    /// question costs a syscall per file on every lookup.
+    fn metacopy_in(&self, layer: &super::layer::Layer, rel: &CStr) -> SysResult<bool> {
+        if layer.role != Role::Upper && !self.metacopy {
+            return Ok(false);
+        }
+        let found = layer.is_metacopy(rel);
+        if found && !self.metacopy {
+            tracing::warn!("{:?} is a metacopy file: mount with -o metacopy=on to read it", rel);
+            return Err(Errno::EPERM);
+        }
+        Ok(found)
     }
 
     /// Where the layers below `layer` hold an object a redirect names: `dir/name`, reached from

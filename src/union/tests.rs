@@ -320,9 +320,13 @@ fn metacopy_survives_a_rename_through_a_redirect() {
     assert_eq!(xattr_of(&moved, "trusted.overlay.metacopy"), Some(vec![]));
     assert_eq!(read(&u, "g"), "lower data");
     assert!(!exists(&u, "a/f"));
-    // A fresh mount of the same upper finds the data through the redirect.
+    // A fresh mount of the same upper finds the data through the redirect; one without
+    // metacopy=on refuses the file, as overlayfs does.
     drop(u);
     let u = l.union_with_upper();
+    assert_eq!(u.lookup(ROOT_INO, b"g").unwrap_err(), sys::Errno::EPERM);
+    let mut u = l.union_with_upper();
+    u.set_metacopy(true);
     assert_eq!(read(&u, "g"), "lower data");
     assert_eq!(u.getattr(resolve(&u, "g"), None).expect("getattr").st_mode & 0o7777, 0o600);
 }
@@ -348,6 +352,7 @@ fn metacopy_without_its_data_is_eio() {
     let l = Layers::new(2);
     l.file(0, "lost", "").xattr(0, "lost", "trusted.overlay.metacopy", b"");
     l.dir(1, "other");
-    let u = l.union_with_upper();
+    let mut u = l.union_with_upper();
+    u.set_metacopy(true);
     assert_eq!(u.lookup(ROOT_INO, b"lost").unwrap_err(), sys::Errno::EIO);
 }
