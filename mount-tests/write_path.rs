@@ -471,3 +471,39 @@ fn posix_acls_are_honoured_as_on_kernel_overlayfs() {
     assert_eq!(ours[0], "true secret", "the lower file's ACL did not grant nobody read access");
     assert_eq!(ours, theirs);
 }
+
+/// Reading a large merged directory takes several requests; offsets must stay valid across them
+/// (telldir/seekdir), and a reader that removes what it reads (rm -r) must see every name once.
+#[test]
+fn large_directories_read_consistently_while_changing() {
+    let mut spec = LayerSpec::new();
+    for i in 0..1500 {
+        spec = spec.file(format!("big/lower-{i:04}-{}", "x".repeat(40)), "");
+    }
+    let rw = Rw::new("bigdir-read", spec);
+    let _m = rw.mount();
+    for i in 0..1500 {
+        std::fs::write(rw.m(&format!("big/upper-{i:04}-{}", "y".repeat(40))), "").unwrap();
+    }
+    let dir = rw.m("big");
+    let seek = r#"
+        opendir(my $d, $ARGV[0]) or die "$!";
+        my @first = map { scalar readdir($d) } 1..1000;
+        my $pos = telldir($d);
+        my @rest = readdir($d);
+        seekdir($d, $pos);
+        my @again = readdir($d);
+        my %seen; $seen{$_}++ for (@first, @rest);
+        print scalar(keys %seen), " ", scalar(@first) + scalar(@rest), " ", (join(",", @rest) eq join(",", @again) ? "same" : "differ"), "\n";
+    "#;
+    let out = run_ok(Command::new("perl").arg("-e").arg(seek).arg(&dir));
+    assert_eq!(out.trim(), "3002 3002 same", "names (with . and ..), entries read, re-read after seekdir");
+    let remove = r#"
+        my $dir = $ARGV[0]; opendir(my $d, $dir) or die "$!"; my $n = 0;
+        while (defined(my $e = readdir($d))) { next if $e eq "." || $e eq ".."; unlink("$dir/$e") or die "$e: $!"; $n++ }
+        print "$n\n";
+    "#;
+    let out = run_ok(Command::new("perl").arg("-e").arg(remove).arg(&dir));
+    assert_eq!(out.trim(), "3000");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}

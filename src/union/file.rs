@@ -13,7 +13,6 @@ use super::Union;
 use super::copy_up::CopyUp;
 use super::layer::Role;
 use super::node::Node;
-use super::readdir::OpenDir;
 
 #[derive(Debug)]
 pub struct OpenFile {
@@ -183,18 +182,6 @@ impl Union {
 
     pub fn release(&self, fh: u64) {
         self.files.remove(fh);
-    }
-
-    pub fn opendir(&self, ino: u64) -> SysResult<u64> {
-        let node = self.nodes.get(ino)?;
-        if !node.is_dir() {
-            return Err(Errno::ENOTDIR);
-        }
-        Ok(self.dirs.insert(OpenDir::new(node)))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(fh);
     }
 }
 

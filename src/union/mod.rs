@@ -40,7 +40,7 @@ use ino::{InoMap, ROOT_INO};
 use layer::LayerStack;
 use lookup::Found;
 use node::{HandleTable, Node, NodeState, NodeTable};
-use readdir::OpenDir;
+use readdir::Snapshots;
 
 /// What the kernel is told of an object it looks up or creates.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +56,8 @@ pub struct Union {
     inos: InoMap,
     nodes: NodeTable,
     files: HandleTable<OpenFile>,
-    dirs: HandleTable<OpenDir>,
+    /// Directory listings being read.
+    snapshots: Snapshots,
     /// Per lower layer, its hard-linked files, built when one of them is first copied up.
     aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::AliasMap>>>,
     /// `metacopy=on`: a metadata change copies a regular file's metadata only, its data stays
@@ -73,7 +74,7 @@ impl Union {
             inos,
             nodes: NodeTable::default(),
             files: HandleTable::default(),
-            dirs: HandleTable::default(),
+            snapshots: Snapshots::default(),
             aliases: Default::default(),
             metacopy: false,
         };

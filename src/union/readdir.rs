@@ -6,10 +6,11 @@
 //! shows in a directory that is not merged. Every listed name is then looked up, so that `d_ino`
 //! equals what `stat` says (overlayfs does the same for merged directories).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::sys::SysResult;
+use crate::sys::{Errno, SysResult};
 
 use super::Union;
 use super::layer::join_c;
@@ -24,17 +25,78 @@ pub struct Listed {
     pub found: Found,
 }
 
-/// An open directory: its node, and the listing taken at the first read (or at a rewind).
-#[derive(Debug)]
-pub struct OpenDir {
-    pub node: Arc<Node>,
-    listing: Mutex<Option<Arc<Vec<Listed>>>>,
+/// Listings being read. Directories are read without open handles (the kernel skips
+/// OPENDIR/RELEASEDIR when told it may), so a read from the start takes a snapshot, and the
+/// offsets it hands out name the snapshot: a read that continues one sees the same entries at the
+/// same positions, however the directory changed since, and two readers never mix snapshots.
+/// A snapshot goes when its last entry has been read, or when newer ones push it out.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    next: AtomicU32,
+    held: Mutex<VecDeque<Snapshot>>,
 }
 
-impl OpenDir {
-    pub fn new(node: Arc<Node>) -> OpenDir {
-        OpenDir { node, listing: Mutex::new(None) }
+#[derive(Debug)]
+struct Snapshot {
+    ino: u64,
+    id: u32,
+    listing: Arc<Vec<Listed>>,
+}
+
+/// At most this many snapshots, and entries in all of them, are kept.
+const MAX_SNAPSHOTS: usize = 64;
+const MAX_SNAPSHOT_ENTRIES: usize = 250_000;
+
+/// A directory offset: the snapshot's id in the high half, the position in the low half (1 after
+/// `.`, 2 after `..`, 3 + i after entry i). Below 2^63, as the kernel's loff_t needs.
+pub fn dir_offset(id: u32, position: u64) -> u64 {
+    ((id as u64) << 32) | (position & 0xffff_ffff)
+}
+
+fn split_offset(offset: u64) -> (u32, u64) {
+    ((offset >> 32) as u32, offset & 0xffff_ffff)
+}
+
+impl Snapshots {
+    fn take(&self, ino: u64, listing: Vec<Listed>) -> (u32, Arc<Vec<Listed>>) {
+        // Ids stay below 2^31 and are never 0 (offset 0 means "from the start").
+        let id = self.next.fetch_add(1, Ordering::Relaxed) % 0x7fff_ffff + 1;
+        let listing = Arc::new(listing);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.push_back(Snapshot { ino, id, listing: listing.clone() });
+        while held.len() > MAX_SNAPSHOTS || (held.len() > 1 && held.iter().map(|s| s.listing.len()).sum::<usize>() > MAX_SNAPSHOT_ENTRIES) {
+            held.pop_front();
+        }
+        (id, listing)
     }
+
+    fn find(&self, ino: u64, id: u32) -> Option<Arc<Vec<Listed>>> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().find(|s| s.ino == ino && s.id == id).map(|s| s.listing.clone())
+    }
+
+    /// Drop a snapshot whose reader reached its end.
+    pub fn finished(&self, id: u32) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A part of a listing to hand out: the directory, the snapshot and where in it to start.
+#[derive(Debug)]
+pub struct DirRead {
+    pub node: Arc<Node>,
+    pub id: u32,
+    pub listing: Arc<Vec<Listed>>,
+    /// The position the read continues after (0: from the start, before `.`).
+    pub position: u64,
 }
 
 /// A name that survives the merge, and the index of the branch it was first seen in: no higher
@@ -119,20 +181,48 @@ impl Union {
         Ok(out)
     }
 
-    /// The listing of an open directory, taken afresh when read from the start (so a rewind sees
-    /// changes, as POSIX asks of rewinddir) and kept for reads that continue it.
-    pub fn dir_listing(&self, fh: u64, offset: u64) -> SysResult<(Arc<OpenDir>, Arc<Vec<Listed>>)> {
-        let open = self.dirs.get(fh)?;
-        let mut slot = open.listing.lock().unwrap_or_else(|p| p.into_inner());
-        let listing = match slot.as_ref() {
-            Some(l) if offset != 0 => l.clone(),
-            _ => {
-                let l = Arc::new(self.list_dir(&open.node)?);
-                *slot = Some(l.clone());
-                l
-            }
-        };
-        drop(slot);
-        Ok((open, listing))
+    /// The listing of directory `ino` for a read at `offset`: a fresh snapshot when read from
+    /// the start (so a rewind sees changes, as POSIX asks of rewinddir), else the snapshot the
+    /// offset names. One pushed out already is taken afresh and read on from the same position.
+    pub fn dir_listing(&self, ino: u64, offset: u64) -> SysResult<DirRead> {
+        let node = self.nodes.get(ino)?;
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let (id, position) = split_offset(offset);
+        if let Some(listing) = (offset != 0).then(|| self.snapshots.find(ino, id)).flatten() {
+            return Ok(DirRead { node, id, listing, position });
+        }
+        let (id, listing) = self.snapshots.take(ino, self.list_dir(&node)?);
+        Ok(DirRead { node, id, listing, position })
+    }
+
+    /// A reader is done with a snapshot.
+    pub fn dir_read_done(&self, id: u32) {
+        self.snapshots.finished(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_carry_the_snapshot_and_the_position() {
+        let off = dir_offset(0x7fff_ffff, 3 + 100_000);
+        assert!(off < 1 << 63);
+        assert_eq!(split_offset(off), (0x7fff_ffff, 100_003));
+    }
+
+    #[test]
+    fn snapshots_are_bounded() {
+        let s = Snapshots::default();
+        let ids: Vec<u32> = (0..MAX_SNAPSHOTS as u64 + 10).map(|ino| s.take(ino, Vec::new()).0).collect();
+        assert_eq!(s.len(), MAX_SNAPSHOTS);
+        assert!(s.find(0, ids[0]).is_none());
+        let last = *ids.last().unwrap_or(&0);
+        assert!(s.find(MAX_SNAPSHOTS as u64 + 9, last).is_some());
+        s.finished(last);
+        assert_eq!(s.len(), MAX_SNAPSHOTS - 1);
     }
 }
