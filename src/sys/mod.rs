@@ -145,41 +145,121 @@ pub fn fd_relative_path(dir: BorrowedFd<'_>, rel: &[u8]) -> SysResult<CString> {
     cstring(&p)
 }
 
-/// Read one xattr of a file without following a final symlink.
-pub fn lgetxattr(path: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
+/// Fill a buffer through `call(ptr, size)`, a get/list-xattr call that returns the length it
+/// wrote, or with size 0 the length it needs. Most values are short: a first try with a small
+/// buffer needs one system call; a longer one asks for the size, then reads, as often as the
+/// value grows in between (ERANGE).
+fn read_xattr_value(mut call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: a null buffer with size 0 asks only for the size.
-        let size = check_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) })?;
-        let mut buf = vec![0u8; size];
-        // SAFETY: `buf` is writable for `size` bytes.
-        match check_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
+        match check_size(call(buf.as_mut_ptr().cast(), buf.len())) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
-            // The value grew between the two calls: ask again.
-            Err(Errno::ERANGE) => continue,
+            Err(Errno::ERANGE) => {
+                let size = check_size(call(std::ptr::null_mut(), 0))?;
+                buf = vec![0u8; size.max(1)];
+            }
             Err(e) => return Err(e),
         }
     }
 }
 
+/// Read one xattr of a file without following a final symlink.
+pub fn lgetxattr(path: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
+    // SAFETY: `buf` is writable for `size` bytes (or null with size 0); both strings are
+    // NUL-terminated.
+    read_xattr_value(|buf, size| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf, size) })
+}
+
 /// List the xattr names of a file (NUL-separated) without following a final symlink.
 pub fn llistxattr(path: &CStr) -> SysResult<Vec<u8>> {
-    loop {
-        // SAFETY: a null buffer with size 0 asks only for the size.
-        let size = check_size(unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
-        let mut buf = vec![0u8; size];
-        // SAFETY: `buf` is writable for `size` bytes.
-        match check_size(unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::ERANGE) => continue,
-            Err(e) => return Err(e),
+    // SAFETY: `buf` is writable for `size` bytes (or null with size 0); `path` is NUL-terminated.
+    read_xattr_value(|buf, size| unsafe { libc::llistxattr(path.as_ptr(), buf.cast(), size) })
+}
+
+/// getxattrat(2) and listxattrat(2), Linux 6.13: the same numbers on every architecture (system
+/// calls added since 5.1 share one table).
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// `struct xattr_args` of getxattrat(2).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Whether the `*xattrat` calls exist here: unknown until the first try, then remembered.
+static XATTRAT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(XATTRAT_UNKNOWN);
+const XATTRAT_UNKNOWN: u8 = 0;
+const XATTRAT_MISSING: u8 = 2;
+
+fn xattrat_result(r: SysResult<Vec<u8>>) -> Option<SysResult<Vec<u8>>> {
+    use std::sync::atomic::Ordering;
+    match r {
+        Err(Errno(libc::ENOSYS)) => {
+            XATTRAT.store(XATTRAT_MISSING, Ordering::Relaxed);
+            None
+        }
+        other => {
+            XATTRAT.store(1, Ordering::Relaxed);
+            Some(other)
         }
     }
+}
+
+fn xattrat_missing() -> bool {
+    XATTRAT.load(std::sync::atomic::Ordering::Relaxed) == XATTRAT_MISSING
+}
+
+/// Read one xattr of `rel` below `dir`, without following a final symlink: one system call on
+/// Linux ≥ 6.13, else through the /proc path of `dir` (a walk through procfs more).
+pub fn getxattr_at(dir: BorrowedFd<'_>, rel: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
+    if !xattrat_missing() {
+        let result = read_xattr_value(|buf, size| {
+            let args = XattrArgs { value: buf as u64, size: size as u32, flags: 0 };
+            // SAFETY: `args` points to a writable buffer of `size` bytes (or null with size 0)
+            // and outlives the call; both strings are NUL-terminated.
+            let ret = unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    dir.as_raw_fd(),
+                    rel.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    name.as_ptr(),
+                    &args as *const XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                )
+            };
+            ret as libc::ssize_t
+        });
+        if let Some(r) = xattrat_result(result) {
+            return r;
+        }
+    }
+    lgetxattr(&fd_relative_path(dir, rel.to_bytes())?, name)
+}
+
+/// List the xattr names (NUL-separated) of `rel` below `dir`, without following a final
+/// symlink; as [`getxattr_at`].
+pub fn listxattr_at(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
+    if !xattrat_missing() {
+        let result = read_xattr_value(|buf, size| {
+            // SAFETY: `buf` is writable for `size` bytes (or null with size 0); `rel` is
+            // NUL-terminated.
+            let ret = unsafe {
+                libc::syscall(SYS_LISTXATTRAT, dir.as_raw_fd(), rel.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, buf, size)
+            };
+            ret as libc::ssize_t
+        });
+        if let Some(r) = xattrat_result(result) {
+            return r;
+        }
+    }
+    llistxattr(&fd_relative_path(dir, rel.to_bytes())?)
 }
 
 pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> SysResult<()> {
@@ -454,4 +534,29 @@ pub fn pread_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize, offset: i
     // SAFETY: pread initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn xattrs_read_alike_by_dir_fd_and_by_path_short_and_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f"), "").expect("write");
+        let fd = open_dir(dir.path()).expect("open");
+        let path = fd_relative_path(fd.as_fd(), b"f").expect("path");
+        let long = vec![b'v'; 3000];
+        lsetxattr(&path, c"user.short", b"s").expect("setxattr (needs user xattrs)");
+        lsetxattr(&path, c"user.long", &long).expect("setxattr");
+        assert_eq!(getxattr_at(fd.as_fd(), c"f", c"user.short"), Ok(b"s".to_vec()));
+        assert_eq!(getxattr_at(fd.as_fd(), c"f", c"user.long"), Ok(long.clone()));
+        assert_eq!(lgetxattr(&path, c"user.long"), Ok(long));
+        assert_eq!(getxattr_at(fd.as_fd(), c"f", c"user.none"), Err(Errno::ENODATA));
+        let mut names: Vec<Vec<u8>> = listxattr_at(fd.as_fd(), c"f").expect("list").split(|&b| b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect();
+        names.sort();
+        assert_eq!(names, vec![b"user.long".to_vec(), b"user.short".to_vec()]);
+        assert_eq!(llistxattr(&path).expect("list").len(), b"user.short\0user.long\0".len());
+    }
 }

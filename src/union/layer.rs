@@ -98,7 +98,6 @@ impl Layer {
 
     /// Read `overlay.<suffix>` in the namespaces this layer honours (trusted first).
     pub fn overlay_xattr(&self, rel: &CStr, suffix: &[u8]) -> Option<Vec<u8>> {
-        let path = sys::fd_relative_path(self.fd(), rel.to_bytes()).ok()?;
         let prefixes = [
             (self.formats.trusted_xattrs, whiteout::TRUSTED_PREFIX),
             (self.formats.user_xattrs, whiteout::USER_PREFIX),
@@ -108,7 +107,7 @@ impl Layer {
                 continue;
             }
             let Ok(name) = sys::cstring(&[prefix, suffix].concat()) else { continue };
-            if let Ok(v) = sys::lgetxattr(&path, &name) {
+            if let Ok(v) = sys::getxattr_at(self.fd(), rel, &name) {
                 return Some(v);
             }
         }
@@ -145,9 +144,8 @@ impl Layer {
 
     /// Whether the object has any xattr in an overlay namespace this layer honours.
     fn has_overlay_xattrs(&self, rel: &CStr) -> bool {
-        let Ok(path) = sys::fd_relative_path(self.fd(), rel.to_bytes()) else { return false };
         // Unreadable list: assume there may be some, and ask for each.
-        let Ok(names) = sys::llistxattr(&path) else { return true };
+        let Ok(names) = sys::listxattr_at(self.fd(), rel) else { return true };
         names.split(|&b| b == 0).any(|n| {
             (self.formats.trusted_xattrs && n.starts_with(whiteout::TRUSTED_PREFIX))
                 || (self.formats.user_xattrs && n.starts_with(whiteout::USER_PREFIX))

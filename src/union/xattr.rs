@@ -12,14 +12,16 @@ impl Union {
         if is_private_xattr(name) {
             return Err(Errno::ENODATA);
         }
-        let path = self.top_path(ino)?;
-        sys::lgetxattr(&path, &sys::cstring(name)?)
+        let node = self.nodes.get(ino)?;
+        let top = node.top()?;
+        sys::getxattr_at(self.stack.get(top.layer)?.fd(), &top.path, &sys::cstring(name)?)
     }
 
     /// The visible xattr names, NUL-separated, as listxattr(2) returns them.
     pub fn listxattr(&self, ino: u64) -> SysResult<Vec<u8>> {
-        let path = self.top_path(ino)?;
-        let raw = sys::llistxattr(&path)?;
+        let node = self.nodes.get(ino)?;
+        let top = node.top()?;
+        let raw = sys::listxattr_at(self.stack.get(top.layer)?.fd(), &top.path)?;
         Ok(filter_names(&raw))
     }
 
