@@ -680,6 +680,21 @@ fn a_registry_answering_503_and_429_is_retried_with_backoff() {
     assert_eq!(layer_count(&store), 1);
 }
 
+#[test]
+fn retry_after_of_a_429_is_honoured() {
+    let f = fixture();
+    let dir = TestDir::new("pull-retry-after");
+    let reg = Registry::start(dir.path(), Auth::None);
+    f.base.push(&format!("{}/test/base:1", reg.host()), &[]);
+    // First a 503 (retried after the backoff, 0.5 s), then a 429 asking for 3 s.
+    let proxy = Proxy::start(reg.port, ProxyBehaviour { fail_first: 2, retry_after_secs: Some(3), ..Default::default() });
+    pull_ok(&dir.path().join("store"), &format!("{}/test/base:1", proxy.host()), &[]);
+    let t = proxy.arrivals();
+    assert!(t.len() >= 3, "{:?}", proxy.log());
+    assert!(t[2] - t[1] >= Duration::from_secs(3), "retried {:?} after a 429 with Retry-After: 3", t[2] - t[1]);
+    assert!(t[1] - t[0] < Duration::from_secs(3), "a 503 without Retry-After waited {:?}", t[1] - t[0]);
+}
+
 /// A tmpfs mount for the store, unmounted on drop.
 struct Tmpfs(PathBuf);
 

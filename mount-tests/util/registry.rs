@@ -106,6 +106,8 @@ pub struct ProxyBehaviour {
     pub always_503: bool,
     /// Answer the first N requests with 503 and 429 (alternately), then forward.
     pub fail_first: usize,
+    /// Send `Retry-After: N` (seconds) with each 429.
+    pub retry_after_secs: Option<u64>,
     /// Answer blob GETs with a 307 to the same path on this port of 127.0.0.1 (another origin).
     pub redirect_blobs_to: Option<u16>,
 }
@@ -167,15 +169,23 @@ impl Drop for TestServer {
 pub struct Proxy {
     pub port: u16,
     server: TestServer,
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 impl Proxy {
     pub fn start(upstream: u16, behaviour: ProxyBehaviour) -> Proxy {
         let (cut_done, served) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let seen = arrivals.clone();
         let server = TestServer::start(true, move |client, log| {
-            let _ = serve_one(client, upstream, log, &behaviour, &cut_done, &served);
+            let _ = serve_one(client, upstream, log, &behaviour, &cut_done, &served, &seen);
         });
-        Proxy { port: server.port, server }
+        Proxy { port: server.port, server, arrivals }
+    }
+
+    /// When each request arrived, in the order of the log.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.arrivals.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     pub fn host(&self) -> String {
@@ -194,6 +204,7 @@ fn serve_one(
     b: &ProxyBehaviour,
     cut: &AtomicUsize,
     served: &AtomicUsize,
+    arrivals: &Mutex<Vec<std::time::Instant>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -226,14 +237,17 @@ fn serve_one(
     head.extend_from_slice(b"Connection: close\r\n\r\n");
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
-    if let Ok(mut l) = log.lock() {
+    if let (Ok(mut l), Ok(mut a)) = (log.lock(), arrivals.lock()) {
         l.push(record.clone());
+        a.push(std::time::Instant::now());
     }
     let mut client = client;
     let nth = served.fetch_add(1, Ordering::SeqCst);
     if b.always_503 || nth < b.fail_first {
-        let status = if nth % 2 == 1 && !b.always_503 { "429 Too Many Requests" } else { "503 Service Unavailable" };
-        write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let too_many = nth % 2 == 1 && !b.always_503;
+        let status = if too_many { "429 Too Many Requests" } else { "503 Service Unavailable" };
+        let wait = b.retry_after_secs.filter(|_| too_many).map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+        write!(client, "HTTP/1.1 {status}\r\n{wait}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
         return Ok(());
     }
     if let (Some(port), true) = (b.redirect_blobs_to, record.starts_with("GET ") && record.contains("/blobs/sha256:")) {

@@ -441,6 +441,13 @@ pub fn copy_file_range(fd_in: BorrowedFd<'_>, off_in: &mut i64, fd_out: Borrowed
     check_size(unsafe { libc::copy_file_range(fd_in.as_raw_fd(), off_in, fd_out.as_raw_fd(), off_out, len, 0) })
 }
 
+/// sendfile(2) from `fd_in` at `*off_in` to `fd_out` at its file position: an in-kernel copy
+/// that works across filesystems, where copy_file_range does not.
+pub fn sendfile(fd_out: BorrowedFd<'_>, fd_in: BorrowedFd<'_>, off_in: &mut i64, len: usize) -> SysResult<usize> {
+    // SAFETY: `off_in` is a valid pointer to an off_t; the fds are valid for the call.
+    check_size(unsafe { libc::sendfile(fd_out.as_raw_fd(), fd_in.as_raw_fd(), off_in, len) })
+}
+
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
     // SAFETY: lseek has no memory-safety preconditions.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };

@@ -377,8 +377,9 @@ fn collect_links(layer: &Layer, dir: &[u8], map: &mut AliasMap) {
 }
 
 /// Copy `size` bytes, keeping holes: only the data extents are copied (SEEK_DATA/SEEK_HOLE),
-/// with copy_file_range (a reflink where the filesystem shares extents), falling back to
-/// read/write across filesystems that cannot.
+/// with copy_file_range (a reflink where the filesystem shares extents), else — a lower on
+/// another filesystem than the upper, usually — with sendfile, an in-kernel copy too, and
+/// read/write as the last resort.
 pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     let size = size as i64;
     let mut offset = 0i64;
@@ -405,9 +406,25 @@ fn copy_range(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: i64, len: i64) 
             Ok(0) => return Ok(()),
             Ok(n) => left -= n as i64,
             Err(Errno::EXDEV) | Err(Errno::EINVAL) | Err(Errno(libc::ENOSYS)) | Err(Errno(libc::EOPNOTSUPP)) => {
-                return copy_by_reading(input, out, off_in, left);
+                return copy_by_sendfile(input, out, off_in, left);
             }
             Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_sendfile(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: i64, len: i64) -> SysResult<()> {
+    sys::lseek(out, start, libc::SEEK_SET)?;
+    let (mut off_in, end) = (start, start + len);
+    while off_in < end {
+        let chunk = ((end - off_in) as usize).min(1 << 30);
+        match sys::sendfile(out, input, &mut off_in, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno(libc::EINTR)) => continue,
+            Err(Errno::EINVAL) | Err(Errno(libc::ENOSYS)) => return copy_by_reading(input, out, off_in, end - off_in),
             Err(e) => return Err(e),
         }
     }
@@ -430,4 +447,33 @@ fn copy_by_reading(input: BorrowedFd<'_>, out: BorrowedFd<'_>, start: i64, len: 
         off += n as i64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    /// A lower on tmpfs, the copy on the disk: copy_file_range refuses (EXDEV) and the copy goes
+    /// through sendfile, still keeping the hole.
+    #[test]
+    fn data_copies_across_filesystems_keep_holes() {
+        let src_dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
+        let dst_dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("disk dir");
+        let dev = |p: &std::path::Path| std::fs::metadata(p).expect("stat").dev();
+        assert_ne!(dev(src_dir.path()), dev(dst_dir.path()), "the test needs two filesystems");
+        let src = std::fs::File::create(src_dir.path().join("f")).expect("create");
+        src.write_all_at(&[7u8; 4096], 0).expect("write");
+        src.write_all_at(&[9u8; 4096], 8 << 20).expect("write");
+        let input = std::fs::File::open(src_dir.path().join("f")).expect("open");
+        let out = std::fs::File::create(dst_dir.path().join("f")).expect("create");
+        let size = input.metadata().expect("stat").len();
+        copy_data(input.as_fd(), out.as_fd(), size).expect("copy");
+        let copied = std::fs::read(dst_dir.path().join("f")).expect("read");
+        assert_eq!(copied.len() as u64, size);
+        assert!(copied[..4096].iter().all(|&b| b == 7) && copied[8 << 20..].iter().all(|&b| b == 9));
+        assert!(copied[4096..8 << 20].iter().all(|&b| b == 0));
+        let blocks = out.metadata().expect("stat").blocks();
+        assert!(blocks * 512 < 1 << 20, "the 8 MiB hole was written out: {blocks} blocks");
+    }
 }
