@@ -510,3 +510,54 @@ fn large_directories_read_consistently_while_changing() {
     assert_eq!(out.trim(), "3001");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
+
+/// Root of a user namespace has no privilege for `trusted.*` xattrs: the upper is written with
+/// `user.overlay.*`, as overlayfs' `userxattr` does — which implies redirect_dir=nofollow, so a
+/// directory with lower parts cannot be renamed (EXDEV; mv copies it) — and kernel overlayfs
+/// mounted with `userxattr` sees the same tree; so does shalefs as real root with `-o userxattr`.
+#[test]
+fn in_a_user_namespace_the_upper_is_written_as_overlayfs_userxattr() {
+    let rw = Rw::new("userns", LayerSpec::new().file("f", "lower").file("d/g", "x").file("keep", "k").file("e/inner", "i"));
+    let opts = format!("lowerdir={},upperdir={},workdir={}", rw.lower.display(), rw.upper.display(), rw.work.display());
+    let m = rw.mnt.display();
+    // The daemon dies with the shell (pdeathsig), and the mount with the namespace: nothing is
+    // left behind on any path.
+    let script = format!(
+        r#"set -e
+        trap 'umount {m} 2>/dev/null || true' EXIT
+        setpriv --pdeathsig KILL {bin} mount -f --log-level warn -o {opts} {m} 2>{log} &
+        for i in $(seq 200); do grep -q " {m} " /proc/self/mounts && break; sleep 0.05; done
+        rm {m}/f; rm -r {m}/d; mkdir {m}/d; echo new > {m}/d/h; mv {m}/keep {m}/kept
+        perl -e 'rename($ARGV[0], $ARGV[1]) or print "rename errno ", $!+0, "\n"' {m}/e {m}/moved
+        mv {m}/e {m}/moved
+        ls {m}"#,
+        bin = crate::util::shalefs_bin(),
+        log = rw.dir.path().join("userns.log").display(),
+    );
+    let listed = run_ok(Command::new("unshare").args(["--user", "--map-root-user", "--mount", "--kill-child", "sh", "-c", &script]));
+    let log = std::fs::read_to_string(rw.dir.path().join("userns.log")).unwrap_or_default();
+    assert!(log.contains("user.overlay"), "the daemon did not say it fell back: {log}");
+    assert_eq!(listed.split_whitespace().collect::<Vec<_>>(), ["rename", "errno", "18", "d", "kept", "moved"], "EXDEV, then the listing");
+    let names = |p: &Path| xattrs(p).into_keys().map(|k| String::from_utf8_lossy(&k).into_owned()).collect::<Vec<_>>();
+    assert!(names(&rw.upper.join("d")).contains(&"user.overlay.opaque".to_string()), "{:?}", names(&rw.upper.join("d")));
+    let all: Vec<String> = walkdir(&rw.upper).iter().flat_map(|p| names(p)).collect();
+    assert!(!all.iter().any(|n| n.starts_with("trusted.") || n.ends_with(".redirect")), "{all:?}");
+    let expect = |m: &Path| {
+        assert!(!m.join("f").exists() && !m.join("keep").exists() && !m.join("e").exists());
+        assert_eq!(std::fs::read_dir(m.join("d")).unwrap().count(), 1, "d is opaque");
+        assert_eq!(std::fs::read_to_string(m.join("d/h")).unwrap(), "new\n");
+        assert_eq!(std::fs::read_to_string(m.join("kept")).unwrap(), "k");
+        assert_eq!(std::fs::read_to_string(m.join("moved/inner")).unwrap(), "i");
+    };
+    {
+        let (kw, km) = (rw.dir.mkdir("kwork"), rw.dir.mkdir("kmnt"));
+        let kopts = format!("lowerdir={},upperdir={},workdir={},userxattr", rw.lower.display(), rw.upper.display(), kw.display());
+        let _k = KernelOverlay::mount(&kopts, &km);
+        expect(&km);
+    }
+    let mut args = rw.args();
+    args.push("-o".into());
+    args.push("userxattr".into());
+    let _ours = ShaleMount::foreground(&args, &rw.mnt).unwrap_or_else(|e| panic!("{e}"));
+    expect(&rw.mnt);
+}

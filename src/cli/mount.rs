@@ -94,6 +94,8 @@ pub struct MountPlan {
     pub threads: usize,
     pub passthrough: bool,
     pub metacopy: bool,
+    /// Write the upper's overlay xattrs as `user.overlay.*` even when `trusted.*` would work.
+    pub userxattr: bool,
 }
 
 #[derive(Debug)]
@@ -265,6 +267,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         threads: args.threads.unwrap_or_else(session::default_threads),
         passthrough: !args.no_passthrough,
         metacopy: args.metacopy || opts.metacopy,
+        userxattr: opts.userxattr,
     })
 }
 
@@ -301,9 +304,10 @@ fn check_upper(upper: &Path, work: &Path) -> anyhow::Result<UpperPlan> {
     Ok(UpperPlan { upper: upper.to_path_buf(), work: work.to_path_buf() })
 }
 
-/// Which xattr namespace the upper can hold the overlay format in: `trusted.` when privileged,
-/// else `user.` (as overlayfs' `userxattr`); an error when neither works.
-fn probe_upper_format(work: &Path) -> anyhow::Result<Formats> {
+/// Which xattr namespace the upper can hold the overlay format in: `trusted.` when privileged
+/// (unless `userxattr` asks for `user.`), else `user.` (as overlayfs' `userxattr`); an error
+/// when neither works.
+fn probe_upper_format(work: &Path, userxattr: bool) -> anyhow::Result<Formats> {
     let dir = sys::open_dir(work).map_err(|e| anyhow::anyhow!("work directory {}: {e}", work.display()))?;
     use std::os::fd::AsFd;
     let probe = c"shalefs-probe";
@@ -311,11 +315,12 @@ fn probe_upper_format(work: &Path) -> anyhow::Result<Formats> {
     sys::mknodat(dir.as_fd(), probe, libc::S_IFREG | 0o600, 0)
         .map_err(|e| anyhow::anyhow!("work directory {}: cannot create files: {e}", work.display()))?;
     let path = sys::fd_relative_path(dir.as_fd(), probe.to_bytes())?;
-    let trusted = sys::lsetxattr(&path, c"trusted.overlay.shalefs-probe", b"y");
+    let trusted = if userxattr { Err(sys::Errno(libc::EPERM)) } else { sys::lsetxattr(&path, c"trusted.overlay.shalefs-probe", b"y") };
     let user = trusted.is_err().then(|| sys::lsetxattr(&path, c"user.overlay.shalefs-probe", b"y"));
     let _ = sys::unlinkat(dir.as_fd(), probe, 0);
     match (trusted, user) {
         (Ok(()), _) => Ok(Formats::UPPER_TRUSTED),
+        (Err(_), Some(Ok(()))) if userxattr => Ok(Formats::UPPER_USER),
         (Err(_), Some(Ok(()))) => {
             tracing::warn!("no privilege for trusted.* xattrs on {}: the upper uses user.overlay.* (as overlayfs' userxattr)", work.display());
             Ok(Formats::UPPER_USER)
@@ -347,10 +352,13 @@ fn open_work(work: &Path) -> anyhow::Result<Layer> {
 
 fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     let (upper, work) = match &plan.upper {
-        Some(u) => (Some(Layer::open(&u.upper, Role::Upper, probe_upper_format(&u.work)?)?), Some(open_work(&u.work)?)),
+        Some(u) => (Some(Layer::open(&u.upper, Role::Upper, probe_upper_format(&u.work, plan.userxattr)?)?), Some(open_work(&u.work)?)),
         None => (None, None),
     };
     let lowers = plan.lowers.iter().map(|p| Layer::open(p, Role::Lower, Formats::LOWER)).collect::<anyhow::Result<Vec<_>>>()?;
+    if plan.metacopy && upper.as_ref().is_some_and(|u| !u.formats.trusted_xattrs) {
+        anyhow::bail!("metacopy=on needs the upper in trusted.overlay.* form (overlayfs refuses metacopy with userxattr, which a mount without that privilege implies)");
+    }
     let stack = LayerStack::with_work(upper, work, lowers)?;
     let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
     union.set_metacopy(plan.metacopy);

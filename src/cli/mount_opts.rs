@@ -17,6 +17,8 @@ pub struct OverlayOptions {
     pub flags: MountFlags,
     /// `metacopy=on`: metadata-only copy-up of regular files.
     pub metacopy: bool,
+    /// `userxattr`: the upper's format in `user.overlay.*`, as overlayfs' option.
+    pub userxattr: bool,
 }
 
 /// Split on `sep`, where a backslash escapes the next character (overlayfs allows `\,` and `\:`
@@ -75,7 +77,7 @@ fn one_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
 /// Options kernel overlayfs or fuse-overlayfs accept that shalefs has no use for: accepted so an
 /// existing command line works, and said in the log.
 const IGNORED: &[&str] = &[
-    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity", "userxattr", "volatile",
+    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity", "volatile",
     "default_permissions", "allow_other", "allow_root", "fsync", "noacl", "squash_to_root", "squash_to_uid",
     "squash_to_gid", "static_nlink", "threaded", "context", "fscontext", "defcontext", "rootcontext", "dev",
     "suid", "exec", "atime", "relatime", "strictatime", "sync", "async", "rw",
@@ -111,6 +113,7 @@ pub fn parse(option_strings: &[String]) -> anyhow::Result<(OverlayOptions, Vec<S
             ("workdir", Some(v)) => out.work = Some(one_path("workdir", v)?),
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("metacopy", Some(v)) => out.metacopy = on_or_off("metacopy", v)?,
+            ("userxattr", None) => out.userxattr = true,
             ("ro", None) => out.flags.read_only = true,
             ("nodev", None) => out.flags.nodev = true,
             ("nosuid", None) => out.flags.nosuid = true,
@@ -164,6 +167,7 @@ mod tests {
         assert!(p("lowerdir=/a,metacopy=on").metacopy);
         assert!(!p("lowerdir=/a,metacopy=on,metacopy=off").metacopy);
         assert!(parse(&["lowerdir=/a,metacopy=yes".into()]).is_err());
+        assert!(p("lowerdir=/a,userxattr").userxattr);
     }
 
     #[test]

@@ -384,8 +384,14 @@ impl Union {
     /// lower parts are (redirect) or, if it has none, opacity where a lower would show through.
     fn prepare_to_move(&self, obj: &Found, lower_at_target: bool) -> SysResult<()> {
         if obj.kind == libc::S_IFDIR {
-            self.ensure_upper_dir(&obj.path)?;
             let lower = obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b)));
+            // An upper in user.overlay.* form is what overlayfs writes with `userxattr`, which
+            // implies redirect_dir=nofollow: a directory with lower parts cannot move (EXDEV;
+            // mv copies it instead), so that kernel overlayfs can mount the upper too.
+            if lower.is_some() && !self.upper()?.formats.trusted_xattrs {
+                return Err(Errno(libc::EXDEV));
+            }
+            self.ensure_upper_dir(&obj.path)?;
             match lower {
                 Some(b) => {
                     let mut target = b"/".to_vec();

@@ -58,7 +58,11 @@ impl Layers {
 
     /// Layer 0 as the upper (with a work dir beside it), the rest as lowers.
     fn union_with_upper(&self) -> Union {
-        let upper = Layer::open(&self.roots[0], Role::Upper, Formats::UPPER_TRUSTED).expect("upper");
+        self.union_with_upper_in(Formats::UPPER_TRUSTED)
+    }
+
+    fn union_with_upper_in(&self, format: Formats) -> Union {
+        let upper = Layer::open(&self.roots[0], Role::Upper, format).expect("upper");
         let work_dir = self._dir.path().join("work");
         std::fs::create_dir_all(&work_dir).expect("work");
         let work = Layer::open(&work_dir, Role::Work, Formats::UPPER_TRUSTED).expect("work");
@@ -355,4 +359,17 @@ fn metacopy_without_its_data_is_eio() {
     let mut u = l.union_with_upper();
     u.set_metacopy(true);
     assert_eq!(u.lookup(ROOT_INO, b"lost").unwrap_err(), sys::Errno::EIO);
+}
+
+#[test]
+fn an_upper_in_user_xattr_form_moves_no_directory_with_lower_parts() {
+    let l = Layers::new(2);
+    l.file(1, "lowerdir/f", "x");
+    let u = l.union_with_upper_in(Formats::UPPER_USER);
+    let caller = super::dir::Caller { uid: 0, gid: 0 };
+    assert_eq!(u.rename(ROOT_INO, b"lowerdir", ROOT_INO, b"moved", 0).unwrap_err(), sys::Errno(libc::EXDEV));
+    assert!(exists(&u, "lowerdir/f"));
+    u.create_object(ROOT_INO, b"fresh", super::dir::NewObject::Dir { mode: 0o755 }, caller).expect("mkdir");
+    u.rename(ROOT_INO, b"fresh", ROOT_INO, b"renamed", 0).expect("an upper-only directory moves");
+    assert!(exists(&u, "renamed") && !exists(&u, "fresh"));
 }
