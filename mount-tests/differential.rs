@@ -133,6 +133,30 @@ enum Op {
 
 fn random_op(rng: &mut Rng) -> Op {
     let p = random_path(rng);
+    random_op_at(rng, p)
+}
+
+/// With metacopy, what matters is what follows a metadata change of a lower file: half the time
+/// a chmod, chown or xattr change comes first, then any operation on the same path.
+fn random_ops(rng: &mut Rng, n: usize, metacopy: bool) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(n);
+    while ops.len() < n {
+        if metacopy && rng.below(2) == 0 {
+            let p = random_path(rng);
+            ops.push(match rng.below(3) {
+                0 => Op::Chmod(p.clone(), *rng.pick(&[0o600, 0o755, 0o640])),
+                1 => Op::Chown(p.clone(), *rng.pick(&[1000, 65534]), 1000),
+                _ => Op::SetXattr(p.clone(), format!("m{}", rng.below(5))),
+            });
+            ops.push(random_op_at(rng, p));
+        } else {
+            ops.push(random_op(rng));
+        }
+    }
+    ops
+}
+
+fn random_op_at(rng: &mut Rng, p: String) -> Op {
     match rng.below(17) {
         0 | 1 => Op::Write { path: p, data: format!("w{}\n", rng.below(100)), append: rng.below(2) == 0, excl: rng.below(5) == 0 },
         2 => Op::Read(p),
@@ -293,7 +317,7 @@ fn run_sequence_with(seed: u64, metacopy: bool) {
         .collect();
     let (ku, kw, km) = (dir.mkdir("k-upper"), dir.mkdir("k-work"), dir.mkdir("k-mnt"));
     let (su, sw, sm) = (dir.mkdir("s-upper"), dir.mkdir("s-work"), dir.mkdir("s-mnt"));
-    let ops: Vec<Op> = (0..25).map(|_| random_op(&mut rng)).collect();
+    let ops = random_ops(&mut rng, 25, metacopy);
     let kernel_tree;
     {
         let _k = KernelOverlay::mount(&kernel_options(&lowers, &ku, &kw, metacopy), &km);
