@@ -137,12 +137,13 @@ fn random_op(rng: &mut Rng) -> Op {
 }
 
 /// With metacopy, what matters is what follows a metadata change of a lower file: half the time
-/// a chmod, chown or xattr change comes first, then any operation on the same path.
-fn random_ops(rng: &mut Rng, n: usize, metacopy: bool) -> Vec<Op> {
+/// a chmod, chown or xattr change of one of `lower_files` comes first, then any operation on the
+/// same path.
+fn random_ops(rng: &mut Rng, n: usize, metacopy: bool, lower_files: &[String]) -> Vec<Op> {
     let mut ops = Vec::with_capacity(n);
     while ops.len() < n {
-        if metacopy && rng.below(2) == 0 {
-            let p = random_path(rng);
+        if metacopy && !lower_files.is_empty() && rng.below(2) == 0 {
+            let p = rng.pick(lower_files).clone();
             ops.push(match rng.below(3) {
                 0 => Op::Chmod(p.clone(), *rng.pick(&[0o600, 0o755, 0o640])),
                 1 => Op::Chown(p.clone(), *rng.pick(&[1000, 65534]), 1000),
@@ -317,7 +318,11 @@ fn run_sequence_with(seed: u64, metacopy: bool) {
         .collect();
     let (ku, kw, km) = (dir.mkdir("k-upper"), dir.mkdir("k-work"), dir.mkdir("k-mnt"));
     let (su, sw, sm) = (dir.mkdir("s-upper"), dir.mkdir("s-work"), dir.mkdir("s-mnt"));
-    let ops = random_ops(&mut rng, 25, metacopy);
+    let lower_files: Vec<String> = lowers
+        .iter()
+        .flat_map(|l| Tree::walk(l).entries.into_iter().filter(|(_, e)| e.mode & libc::S_IFMT == libc::S_IFREG).map(|(p, _)| String::from_utf8_lossy(&p).into_owned()))
+        .collect();
+    let ops = random_ops(&mut rng, 25, metacopy, &lower_files);
     let kernel_tree;
     {
         let _k = KernelOverlay::mount(&kernel_options(&lowers, &ku, &kw, metacopy), &km);
