@@ -666,6 +666,30 @@ fn token_auth_gets_an_anonymous_pull_token_and_refuses_bad_credentials() {
     assert!(tokens.log().iter().any(|l| l == "GET bob repository:test/base:pull"), "{:?}", tokens.log());
 }
 
+/// A token that expires during a pull is renewed with the refresh token the token server gave
+/// for the credentials (OAuth2 `offline_token`), not with the credentials again.
+#[test]
+fn an_expired_token_is_renewed_with_the_refresh_token() {
+    use crate::util::token::{ISSUER, SERVICE, TokenOptions, TokenServer};
+    let f = fixture();
+    let dir = TestDir::new("pull-refresh");
+    let tokens = TokenServer::start_with(dir.path(), TokenOptions { expires_in: 1, refresh_tokens: true });
+    let auth = Auth::Token { realm: tokens.realm(), service: SERVICE.into(), issuer: ISSUER.into(), cert: tokens.cert.clone() };
+    let reg = Registry::start(dir.path(), auth);
+    f.base.push(&format!("{}/test/base:1", reg.host()), &["--dest-creds", "bob:pw"]);
+    // The layer download stalls past the token's life (1 s, counted as 10 s with a 5 s margin),
+    // then breaks: the resumed request needs a fresh token.
+    let behaviour = ProxyBehaviour { cut_first_blob_after: Some(50_000), stall_before_cut: Some(Duration::from_secs(6)), ..Default::default() };
+    let proxy = Proxy::start(reg.port, behaviour);
+    let before = tokens.log().len();
+    let store = dir.path().join("store");
+    pull_ok(&store, &format!("{}/test/base:1", proxy.host()), &["--creds", "bob:pw"]);
+    let log = tokens.log()[before..].to_vec();
+    assert_eq!(log, ["GET bob repository:test/base:pull", "POST refresh bob repository:test/base:pull"]);
+    assert!(proxy.log().iter().any(|l| l.contains("[Range: bytes=")), "the download did not resume: {:?}", proxy.log());
+    assert_eq!(layer_count(&store), 1);
+}
+
 #[test]
 fn a_registry_answering_503_and_429_is_retried_with_backoff() {
     let f = fixture();

@@ -100,6 +100,8 @@ impl Drop for Registry {
 pub struct ProxyBehaviour {
     /// Close the connection of the first blob GET that reaches this many body bytes.
     pub cut_first_blob_after: Option<usize>,
+    /// Before that cut, stall this long (the client waits for more of the body).
+    pub stall_before_cut: Option<Duration>,
     /// Pause this long after every 64 KiB of a blob body.
     pub slow_blobs: Option<Duration>,
     /// Answer every request with a 503.
@@ -285,6 +287,9 @@ fn serve_one(
         let n = match cut_at {
             Some(limit) if sent + n >= limit && cut.fetch_add(1, Ordering::SeqCst) == 0 => {
                 client.write_all(&buf[..limit - sent])?;
+                if let Some(d) = b.stall_before_cut {
+                    std::thread::sleep(d);
+                }
                 return client.shutdown(std::net::Shutdown::Both);
             }
             _ => n,
