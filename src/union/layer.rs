@@ -145,11 +145,24 @@ impl Layer {
     /// Whether the object has any xattr in an overlay namespace this layer honours.
     fn has_overlay_xattrs(&self, rel: &CStr) -> bool {
         // Unreadable list: assume there may be some, and ask for each.
-        let Ok(names) = sys::listxattr_at(self.fd(), rel) else { return true };
-        names.split(|&b| b == 0).any(|n| {
-            (self.formats.trusted_xattrs && n.starts_with(whiteout::TRUSTED_PREFIX))
-                || (self.formats.user_xattrs && n.starts_with(whiteout::USER_PREFIX))
-        })
+        self.overlay_names(rel).is_none_or(|names| !names.is_empty())
+    }
+
+    /// The overlay xattrs an object has in the namespaces this layer honours, as suffixes
+    /// (`opaque`, `metacopy`, ...), from one listxattr; `None` when the list cannot be read.
+    pub fn overlay_names(&self, rel: &CStr) -> Option<Vec<Vec<u8>>> {
+        let names = sys::listxattr_at(self.fd(), rel).ok()?;
+        let prefixes = [
+            (self.formats.trusted_xattrs, whiteout::TRUSTED_PREFIX),
+            (self.formats.user_xattrs, whiteout::USER_PREFIX),
+        ];
+        Some(
+            names
+                .split(|&b| b == 0)
+                .filter_map(|n| prefixes.iter().filter(|(on, _)| *on).find_map(|(_, p)| n.strip_prefix(*p)))
+                .map(<[u8]>::to_vec)
+                .collect(),
+        )
     }
 
     /// Whether an OCI whiteout `.wh.NAME` for `name` sits in directory `dir_rel` of this layer.

@@ -12,7 +12,7 @@ use std::ffi::{CStr, CString};
 use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
-use super::layer::{PathWalk, Role, join, join_c};
+use super::layer::{METACOPY_XATTR, PathWalk, Role, join, join_c};
 use super::node::Branch;
 use super::whiteout::DirMarks;
 
@@ -151,13 +151,18 @@ impl Union {
                     break;
                 }
                 identity = (st.st_dev, st.st_ino);
-                if layer.role == Role::Upper {
+                // An upper file's overlay xattrs, listed at once: most have none, and then none
+                // needs asking for.
+                let listed = if layer.role == Role::Upper { layer.overlay_names(&rel) } else { None };
+                let may_have = |suffix: &[u8]| listed.as_ref().is_none_or(|names| names.iter().any(|n| n == suffix));
+                if layer.role == Role::Upper && may_have(ORIGIN_XATTR) {
                     origin = layer.overlay_xattr(&rel, ORIGIN_XATTR).and_then(|v| parse_origin(&v));
                 }
                 top = Some(st);
-                wants_data = st.st_mode & libc::S_IFMT == libc::S_IFREG && self.metacopy_in(layer, &rel)?;
+                let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+                wants_data = regular && may_have(METACOPY_XATTR) && self.metacopy_in(layer, &rel)?;
                 // A moved metacopy file: the layers below hold its data under the old path.
-                let redirect = if wants_data { layer.overlay_xattr(&rel, b"redirect") } else { None };
+                let redirect = if wants_data && may_have(b"redirect") { layer.overlay_xattr(&rel, b"redirect") } else { None };
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
                 if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
                     queue = self.candidates_below(c.layer, dir, name);
