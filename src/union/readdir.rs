@@ -80,12 +80,9 @@ impl Snapshots {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
