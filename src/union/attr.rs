@@ -53,11 +53,28 @@ impl Union {
             st.st_blocks = self.stack.get(data.layer)?.stat(&data.path)?.st_blocks;
         }
         present(&mut st, node.ino, node.is_merged_dir());
+        if let Ok(top) = &top {
+            self.count_merged_names(node.ino, node.kind(), top, &mut st);
+        }
         // Removed but still open: kept in the work directory, and has no name.
         if top.is_ok_and(|t| t.layer == super::layer::WORK_LAYER) {
             st.st_nlink = 0;
         }
         Ok(st)
+    }
+
+    /// st_nlink of a hard-linked lower file that was never copied up: the names the merged
+    /// view has, as after a copy-up (README: inode numbers), not the lower's count, which
+    /// includes names removed or moved over in this mount — overlayfs (index=on) counts those
+    /// out too. Only lower files with several links pay for it: a lookup of each lower name,
+    /// and on the first one, one walk of the layer for its hard links and moved directories.
+    pub(super) fn count_merged_names(&self, ino: u64, kind: u32, top: &super::node::Branch, st: &mut libc::stat) {
+        if kind != libc::S_IFREG || st.st_nlink <= 1 || self.is_upper(std::slice::from_ref(top)) {
+            return;
+        }
+        if let Ok(names) = self.merged_names(ino, kind, top) {
+            st.st_nlink = names.len() as _;
+        }
     }
 
     pub fn setattr(&self, ino: u64, change: SetAttr, fh: Option<u64>) -> SysResult<libc::stat> {

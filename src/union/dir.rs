@@ -164,8 +164,7 @@ impl Union {
         if self.find(&pstate.path, &pstate.branches, newname)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        // The new name needs no lower path to read its data from: copy it whole.
-        self.copy_up_node(&node, CopyUp::Data)?;
+        self.copy_up_for_link(&node)?;
         self.ensure_upper_dir(&pstate.path)?;
         let (upper, work) = (self.upper()?, self.work()?);
         let top = node.top()?;
@@ -185,6 +184,27 @@ impl Union {
         let pstate = pnode.state();
         let found = self.find(&pstate.path, &pstate.branches, newname)?.ok_or(Errno::EIO)?;
         Ok(self.entry(newparent, &found))
+    }
+
+    /// Get a file ready for another name. With `metacopy=on` a regular file stays metadata
+    /// only, as on overlayfs (ovl_link copies up without data): its data is found through an
+    /// absolute redirect, which every name of the upper inode shares, naming it as the next
+    /// layer down spells it. Otherwise it is copied whole.
+    fn copy_up_for_link(&self, node: &Node) -> SysResult<()> {
+        if !self.metacopy || node.kind() != libc::S_IFREG {
+            return self.copy_up_node(node, CopyUp::Data);
+        }
+        self.copy_up_node(node, CopyUp::Metadata)?;
+        if !node.is_metacopy() {
+            return Ok(());
+        }
+        let state = node.state();
+        let upper = self.upper()?;
+        let (Some(top), Some(below)) = (state.branches.first(), state.branches.get(1)) else { return Ok(()) };
+        if upper.overlay_xattr(&top.path, b"redirect").is_none() {
+            self.set_upper_xattr(&top.path, b"redirect", &absolute(&below.path))?;
+        }
+        Ok(())
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> SysResult<()> {
@@ -233,6 +253,9 @@ impl Union {
     fn remove_upper_entry(&self, found: &Found, dir: bool, needs_whiteout: bool, live: Option<&Node>) -> SysResult<()> {
         let (upper, work) = (self.upper()?, self.work()?);
         let open = live.is_some_and(|n| n.open_count.load(Ordering::Relaxed) > 0);
+        if dir {
+            self.upper_paths_moved(found.path.to_bytes(), None, false);
+        }
         if dir || (open && found.stat.st_nlink <= 1) {
             // A directory may still hold whiteouts, and an open file must stay reachable for
             // fchmod/futimens by inode: move it to the work directory.
@@ -397,6 +420,7 @@ impl Union {
                     let mut target = b"/".to_vec();
                     target.extend_from_slice(b.path.to_bytes());
                     self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+                    self.note_upper_move(obj.path.to_bytes(), b.path.to_bytes());
                 }
                 None if lower_at_target => self.set_upper_xattr(&obj.path, b"opaque", b"y")?,
                 None => {}
@@ -411,13 +435,13 @@ impl Union {
                 }
             }
             // A moved metacopy file finds its data through a redirect, as with overlayfs'
-            // metacopy: the path of the data in the layers below.
+            // metacopy: where the next layer down has it, spelled as that layer spells it
+            // (that layer may be a metacopy too, with a redirect of its own, and the data's
+            // path there may be whited out).
             let upper = self.upper()?;
-            let data = obj.branches.last().filter(|b| !self.is_upper(std::slice::from_ref(b)));
-            if let Some(data) = data.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
-                let mut target = b"/".to_vec();
-                target.extend_from_slice(data.path.to_bytes());
-                self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+            let below = obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b)));
+            if let Some(below) = below.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
+                self.set_upper_xattr(&obj.path, b"redirect", &absolute(&below.path))?;
             }
             Ok(())
         }
@@ -453,6 +477,7 @@ impl Union {
     /// Lower branches stay: a moved directory finds them through its redirect.
     fn renamed(&self, from: &CStr, to: &CStr, exchange: bool) {
         let (a, b) = (from.to_bytes(), to.to_bytes());
+        self.upper_paths_moved(a, Some(b), exchange);
         for node in self.nodes.all() {
             node.update(|s| {
                 let p = s.path.to_bytes();
@@ -474,8 +499,13 @@ impl Union {
     }
 }
 
+/// A redirect naming `path` from the layer root (overlayfs' absolute form).
+fn absolute(path: &CStr) -> Vec<u8> {
+    [b"/".as_slice(), path.to_bytes()].concat()
+}
+
 /// `prefix` or `prefix/rest` → `new` or `new/rest`.
-fn replace_prefix(path: &[u8], prefix: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn replace_prefix(path: &[u8], prefix: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     if path == prefix {
         return Some(new.to_vec());
     }

@@ -59,7 +59,10 @@ pub struct Union {
     /// Directory listings being read.
     snapshots: Snapshots,
     /// Per lower layer, its hard-linked files, built when one of them is first copied up.
-    aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::AliasMap>>>,
+    aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::LayerLinks>>>,
+    /// The upper's moved directories, once a hard-linked lower file needed them: walked for
+    /// once, then kept up to date by each rename, copy-up and removal.
+    upper_moves: std::sync::Mutex<Option<copy_up::Moves>>,
     /// `metacopy=on`: a metadata change copies a regular file's metadata only, its data stays
     /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
     /// as there).
@@ -76,6 +79,7 @@ impl Union {
             files: HandleTable::default(),
             snapshots: Snapshots::default(),
             aliases: Default::default(),
+            upper_moves: Default::default(),
             metacopy: false,
         };
         let branches = union.root_branches()?;
@@ -108,7 +112,10 @@ impl Union {
             return Err(Errno::ENOTDIR);
         }
         let state = dir.state();
-        let found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
+        let mut found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
+        if let Some(top) = found.branches.first().cloned() {
+            self.count_merged_names(found.ino, found.kind, &top, &mut found.stat);
+        }
         Ok(self.entry(parent, &found))
     }
 

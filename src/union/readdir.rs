@@ -190,7 +190,13 @@ impl Union {
         if let Some(listing) = (offset != 0).then(|| self.snapshots.find(ino, id)).flatten() {
             return Ok(DirRead { node, id, listing, position });
         }
-        let (id, listing) = self.snapshots.take(ino, self.list_dir(&node)?);
+        let mut listed = self.list_dir(&node)?;
+        for l in &mut listed {
+            if let Some(top) = l.found.branches.first().cloned() {
+                self.count_merged_names(l.found.ino, l.found.kind, &top, &mut l.found.stat);
+            }
+        }
+        let (id, listing) = self.snapshots.take(ino, listed);
         Ok(DirRead { node, id, listing, position })
     }
 
