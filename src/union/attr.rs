@@ -63,17 +63,19 @@ impl Union {
         Ok(st)
     }
 
-    /// st_nlink of a hard-linked lower file that was never copied up: the names the merged
-    /// view has, as after a copy-up (README: inode numbers), not the lower's count, which
-    /// includes names removed or moved over in this mount — overlayfs (index=on) counts those
-    /// out too. Only lower files with several links pay for it: a lookup of each lower name,
-    /// and on the first one, one walk of the layer for its hard links and moved directories.
+    /// st_nlink of a hard-linked lower file that was never copied up: the lower's count less
+    /// the names this mount removed (unlinked, renamed over, hidden) — what overlayfs
+    /// (index=on) reports, which also keeps counting names the lowers themselves hide. Only
+    /// lower files with several links pay for it: a lookup of each of their names with and
+    /// without the upper, and on the first one, one walk of the layer for its hard links and
+    /// moved directories.
     pub(super) fn count_merged_names(&self, ino: u64, kind: u32, top: &super::node::Branch, st: &mut libc::stat) {
         if kind != libc::S_IFREG || st.st_nlink <= 1 || self.is_upper(std::slice::from_ref(top)) {
             return;
         }
-        if let Ok(names) = self.merged_names(ino, kind, top) {
-            st.st_nlink = names.len() as _;
+        let shown = |with_upper| self.names_in(ino, kind, top, with_upper).map(|n| n.len() as u64);
+        if let (Ok(before), Ok(now)) = (shown(false), shown(true)) {
+            st.st_nlink = (st.st_nlink as u64).saturating_sub(before.saturating_sub(now)) as _;
         }
     }
 

@@ -72,8 +72,18 @@ impl Union {
 
     /// Walk the merged view from the root to `path`.
     pub(super) fn resolve(&self, path: &[u8]) -> SysResult<Found> {
+        self.resolve_in(path, true)
+    }
+
+    /// Walk from the root to `path` in the merged view, or (`with_upper` false) in the view of
+    /// the lowers alone, as it was before this upper changed anything.
+    fn resolve_in(&self, path: &[u8], with_upper: bool) -> SysResult<Found> {
         let root = self.nodes.get(super::ino::ROOT_INO)?.state();
-        let (mut dir_path, mut branches) = (root.path, root.branches);
+        let mut branches = root.branches;
+        if !with_upper {
+            branches.retain(|b| !self.is_upper(std::slice::from_ref(b)));
+        }
+        let mut dir_path = root.path;
         let mut found = None;
         for part in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
             let f = self.find(&dir_path, &branches, part)?.ok_or(Errno::ENOENT)?;
@@ -148,6 +158,11 @@ impl Union {
     /// the layers above spell it after their directory moves, kept where a lookup finds this
     /// very object.
     pub(super) fn merged_names(&self, ino: u64, kind: u32, lower: &Branch) -> SysResult<Vec<Vec<u8>>> {
+        self.names_in(ino, kind, lower, true)
+    }
+
+    /// [`Self::merged_names`] in the merged view, or (`with_upper` false) in the lowers' own.
+    pub(super) fn names_in(&self, ino: u64, kind: u32, lower: &Branch, with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
         let layer = self.stack.get(lower.layer)?;
         let mut spellings = vec![lower.path.to_bytes().to_vec()];
         if kind == libc::S_IFREG && layer.role == Role::Lower && layer.stat(&lower.path)?.st_nlink > 1 {
@@ -157,8 +172,8 @@ impl Union {
         }
         let mut names: Vec<Vec<u8>> = Vec::new();
         for spelling in spellings {
-            for name in self.shown_at(lower.layer, &spelling)? {
-                if !names.contains(&name) && self.resolve(&name).is_ok_and(|f| f.ino == ino) {
+            for name in self.shown_at(lower.layer, &spelling, with_upper)? {
+                if !names.contains(&name) && self.resolve_in(&name, with_upper).is_ok_and(|f| f.ino == ino) {
                     names.push(name);
                 }
             }
@@ -169,10 +184,14 @@ impl Union {
     /// The merged paths at which a path of layer `layer` may show: the path itself, and where
     /// each layer above, nearest first, moved a directory on the way (a redirect names the path
     /// in the layers below it). Candidates only: the caller looks each up.
-    fn shown_at(&self, layer: u16, path: &[u8]) -> SysResult<Vec<Vec<u8>>> {
+    fn shown_at(&self, layer: u16, path: &[u8], with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
         let mut names = vec![path.to_vec()];
         for above in (0..layer).rev() {
-            let moves = if self.stack.get(above)?.role == Role::Upper { self.upper_moves() } else { self.layer_links(above)?.moves.clone() };
+            let moves = match self.stack.get(above)?.role {
+                Role::Upper if with_upper => self.upper_moves(),
+                Role::Upper => continue,
+                _ => self.layer_links(above)?.moves.clone(),
+            };
             let mut more = Vec::new();
             for name in &names {
                 for (dir, target) in moves.iter() {
