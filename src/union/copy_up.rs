@@ -236,15 +236,11 @@ impl Union {
             if metacopy {
                 self.set_work_xattr(&tmp, METACOPY_XATTR, &METACOPY_VALUE)?;
             }
-            if kind_of(&st) == libc::S_IFDIR {
-                // Reached through a redirect: the layers below know it under another path.
-                if src.path != found.path {
-                    let mut target = b"/".to_vec();
-                    target.extend_from_slice(src.path.to_bytes());
-                    self.set_work_xattr(&tmp, b"redirect", &target)?;
-                    self.note_upper_move(found.path.to_bytes(), src.path.to_bytes());
-                }
-            } else {
+            // A directory reached through a moved parent gets no redirect of its own, as on
+            // overlayfs: a lookup finds its lower parts through the parent's, layer by layer. An
+            // absolute one would be read from the root of every layer below, where a middle
+            // layer (once an upper) may have moved or replaced that path.
+            if kind_of(&st) != libc::S_IFDIR {
                 self.set_work_xattr(&tmp, ORIGIN_XATTR, found.ino.to_string().as_bytes())?;
             }
             sys::lutimensat(work.fd(), &tmp, sys::stat_times(&st))?;
