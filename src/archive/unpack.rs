@@ -252,7 +252,7 @@ impl Unpacker {
         if old_is_dir {
             // std's remove_dir_all never follows symlinks inside the tree.
             let path = sys::fd_relative_path(parent, name.to_bytes())?;
-            std::fs::remove_dir_all(sys::os_str(path.as_bytes())).context("replacing a directory")?;
+            std::fs::remove_dir_all(sys::os_str(path.to_bytes())).context("replacing a directory")?;
         } else {
             sys::unlinkat(parent, name, 0).map_err(|e| anyhow!("replacing an earlier entry: {e}"))?;
         }

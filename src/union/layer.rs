@@ -246,7 +246,7 @@ impl Layer {
     pub fn read_dir(&self, dir_rel: &[u8]) -> SysResult<Vec<(Vec<u8>, u32, u64)>> {
         use std::os::unix::fs::DirEntryExt;
         let path = sys::fd_relative_path(self.fd(), dir_rel)?;
-        let path = Path::new(sys::os_str(path.as_bytes()));
+        let path = Path::new(sys::os_str(path.to_bytes()));
         let mut out = Vec::new();
         for entry in std::fs::read_dir(path)? {
             let entry = entry?;
