@@ -4,14 +4,17 @@
 //!
 //! Paths below a directory fd may be longer than one system call takes (PATH_MAX): a merged
 //! tree may be as deep as the kernel lets a user build it, with `mkdirat` relative to a deep
-//! directory. Every `*at` wrapper here names such a path through its parent, opened by walking
-//! the path in pieces that each fit one call ([`near`]); shorter paths cost nothing more.
+//! directory. Every `*at` wrapper here names such a path through its parent (see [`deep`]).
 
-use std::borrow::Cow;
+mod deep;
+
+pub use deep::{forget_deep_dirs, keep_deep_dirs};
+use deep::{Base, PATH_LIMIT, dir_changed, near};
+
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -98,69 +101,6 @@ pub fn open_dir(path: &Path) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The longest path one system call takes: PATH_MAX counts the terminating NUL.
-const PATH_LIMIT: usize = libc::PATH_MAX as usize - 1;
-
-/// A directory a path is resolved from: the caller's, or one opened on the way to a long path.
-pub enum Base<'a> {
-    Given(BorrowedFd<'a>),
-    Opened(OwnedFd),
-}
-
-impl Base<'_> {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Base::Given(fd) => *fd,
-            Base::Opened(fd) => fd.as_fd(),
-        }
-    }
-}
-
-/// Where `rel` below `dir` can be named to one system call whose path may be `limit` bytes:
-/// `dir` and `rel` themselves when `rel` fits; else `rel`'s parent directory, opened by a walk
-/// in pieces of at most `limit` bytes (each through directories only: RESOLVE_BENEATH |
-/// RESOLVE_NO_SYMLINKS, so the walk never leaves `dir`), and the last component. A component
-/// longer than NAME_MAX is the kernel's ENAMETOOLONG, as a single call would say.
-pub fn near<'a>(dir: BorrowedFd<'a>, rel: &'a CStr, limit: usize) -> SysResult<(Base<'a>, Cow<'a, CStr>)> {
-    let bytes = rel.to_bytes();
-    if bytes.len() <= limit {
-        return Ok((Base::Given(dir), Cow::Borrowed(rel)));
-    }
-    let slash = bytes.iter().rposition(|&b| b == b'/').ok_or(Errno::ENAMETOOLONG)?;
-    let parent = walk_to_dir(dir, &bytes[..slash], limit)?;
-    Ok((Base::Opened(parent), Cow::Owned(cstring(&bytes[slash + 1..])?)))
-}
-
-/// Open the directory `path` below `dir` (O_PATH), resolving at most `limit` bytes per call.
-fn walk_to_dir(dir: BorrowedFd<'_>, path: &[u8], limit: usize) -> SysResult<OwnedFd> {
-    let mut cur: Option<OwnedFd> = None;
-    let mut rest = path;
-    loop {
-        while let Some(r) = rest.strip_prefix(b"/") {
-            rest = r;
-        }
-        if rest.is_empty() {
-            return match cur {
-                Some(fd) => Ok(fd),
-                None => open_path_dir(dir, c"."),
-            };
-        }
-        let end = if rest.len() <= limit {
-            rest.len()
-        } else {
-            rest[..=limit].iter().rposition(|&b| b == b'/').filter(|&i| i > 0).ok_or(Errno::ENAMETOOLONG)?
-        };
-        let base = cur.as_ref().map_or(dir, |f| f.as_fd());
-        let next = open_path_dir(base, &cstring(&rest[..end])?)?;
-        cur = Some(next);
-        rest = &rest[end..];
-    }
-}
-
-fn open_path_dir(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<OwnedFd> {
-    openat2(dir, rel, libc::O_PATH | libc::O_DIRECTORY, 0)
-}
-
 /// lstat relative to a directory fd: never follows a symlink in the last component.
 pub fn fstatat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<libc::stat> {
     let (base, rel) = near(dir, rel, PATH_LIMIT)?;
@@ -215,7 +155,7 @@ pub fn readlinkat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
 /// one had to be opened, for as long as the path is used.
 pub struct ProcPath {
     path: CString,
-    _parent: Option<OwnedFd>,
+    _parent: Option<std::sync::Arc<OwnedFd>>,
 }
 
 impl std::ops::Deref for ProcPath {
@@ -235,7 +175,8 @@ pub fn fd_relative_path(dir: BorrowedFd<'_>, rel: &[u8]) -> SysResult<ProcPath> 
     p.extend_from_slice(name.to_bytes());
     let path = cstring(&p)?;
     let _parent = match base {
-        Base::Opened(fd) => Some(fd),
+        Base::Opened(fd) => Some(std::sync::Arc::new(fd)),
+        Base::Kept(fd) => Some(fd),
         Base::Given(_) => None,
     };
     Ok(ProcPath { path, _parent })
@@ -377,6 +318,9 @@ pub fn mknodat(dir: BorrowedFd<'_>, rel: &CStr, mode: libc::mode_t, dev: libc::d
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<()> {
+    if flags & libc::AT_REMOVEDIR != 0 {
+        dir_changed(dir, rel.to_bytes());
+    }
     let (base, rel) = near(dir, rel, PATH_LIMIT)?;
     let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
@@ -489,6 +433,9 @@ fn openat2(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32) -> SysResult<
 }
 
 pub fn renameat2(olddir: BorrowedFd<'_>, old: &CStr, newdir: BorrowedFd<'_>, new: &CStr, flags: u32) -> SysResult<()> {
+    // Directories kept open below either name no longer are where their paths say.
+    dir_changed(olddir, old.to_bytes());
+    dir_changed(newdir, new.to_bytes());
     let (obase, old) = near(olddir, old, PATH_LIMIT)?;
     let (nbase, new) = near(newdir, new, PATH_LIMIT)?;
     let (olddir, newdir) = (obase.fd(), nbase.fd());
@@ -707,6 +654,40 @@ mod tests {
         renameat2(root.as_fd(), &middle, root.as_fd(), c"moved-away", 0).expect("move a middle dir");
         symlinkat(c"/", root.as_fd(), &middle).expect("plant a symlink");
         assert_eq!(fstatat(root.as_fd(), &moved).map(drop), Err(Errno::ELOOP));
+    }
+
+    /// Deep directories kept open for a root never outlive a rename or removal above them: the
+    /// same path then names the new directory, not the moved or removed one.
+    #[test]
+    fn kept_deep_directories_follow_renames_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = open_dir(dir.path()).expect("open");
+        keep_deep_dirs(root.as_fd());
+        let comp = vec![b'k'; 250];
+        let chain = |levels: usize| vec![comp.clone(); levels].join(&b'/');
+        for level in 1..=10 {
+            mkdirat(root.as_fd(), &cstring(&chain(level)).unwrap(), 0o755).expect("mkdir");
+        }
+        let file = cstring(&[chain(10).as_slice(), b"/f"].concat()).unwrap();
+        drop(open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o600).expect("create"));
+        let first = fstatat(root.as_fd(), &file).expect("stat").st_ino;
+        // Move a directory half-way up away, and build the same path anew.
+        renameat2(root.as_fd(), &cstring(&chain(5)).unwrap(), root.as_fd(), c"away", 0).expect("rename");
+        assert_eq!(fstatat(root.as_fd(), &file).map(drop), Err(Errno::ENOENT));
+        for level in 5..=10 {
+            mkdirat(root.as_fd(), &cstring(&chain(level)).unwrap(), 0o755).expect("mkdir again");
+        }
+        drop(open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o600).expect("create again"));
+        let second = fstatat(root.as_fd(), &file).expect("stat").st_ino;
+        assert_ne!(first, second);
+        // Remove the bottom directory and make it again: still the new one.
+        unlinkat(root.as_fd(), &file, 0).expect("unlink");
+        unlinkat(root.as_fd(), &cstring(&chain(10)).unwrap(), libc::AT_REMOVEDIR).expect("rmdir");
+        assert_eq!(fstatat(root.as_fd(), &file).map(drop), Err(Errno::ENOENT));
+        mkdirat(root.as_fd(), &cstring(&chain(10)).unwrap(), 0o755).expect("mkdir a third time");
+        symlinkat(c"t", root.as_fd(), &file).expect("symlink");
+        assert_eq!(readlinkat(root.as_fd(), &file), Ok(b"t".to_vec()));
+        forget_deep_dirs(root.as_fd());
     }
 
     #[test]

@@ -236,6 +236,15 @@ impl Union {
     fn remove_upper_entry(&self, found: &Found, dir: bool, needs_whiteout: bool, live: Option<&Node>) -> SysResult<()> {
         let (upper, work) = (self.upper()?, self.work()?);
         let open = live.is_some_and(|n| n.open_count.load(Ordering::Relaxed) > 0);
+        // An upper directory that holds nothing, not even whiteouts, goes at once (as overlayfs'
+        // rmdir of a pure upper directory): no move to the work directory, which costs the
+        // kernel a walk up the whole tree to check the move is legal.
+        if dir && !needs_whiteout && sys::unlinkat(upper.fd(), &found.path, libc::AT_REMOVEDIR).is_ok() {
+            if let Some(n) = live {
+                n.update(|s| s.branches.clear());
+            }
+            return Ok(());
+        }
         if dir || (open && found.stat.st_nlink <= 1) {
             // A directory may still hold whiteouts, and an open file must stay reachable for
             // fchmod/futimens by inode: move it to the work directory.
