@@ -4,6 +4,7 @@
 
 mod chroot;
 mod cli;
+mod deep_paths;
 mod differential;
 mod merged_view;
 mod metacopy;

@@ -781,3 +781,42 @@ fn on_a_terminal_the_pull_draws_progress_bars() {
     assert!(out.contains("\u{1b}["), "no terminal drawing: {out:?}");
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
 }
+
+/// umoci, replacing a lower directory by a file (`rm -rf dir; echo x > dir`), writes the file
+/// and then whiteouts below it (`dir/.wh.child`); the pull used to stop at them with
+/// `"…/was-dir" is not a directory`.
+#[test]
+fn pull_of_a_umoci_image_where_a_directory_became_a_file() {
+    let dir = TestDir::new("pull-dir-became-file");
+    let image = UmociImage::new(dir.path(), "v1");
+    image.layer(|root| {
+        std::fs::create_dir_all(root.join("usr/share/data/was-dir/sub")).unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir/child"), "child\n").unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir/sub/deep"), "deep\n").unwrap();
+        std::fs::write(root.join("usr/share/data/kept"), "kept\n").unwrap();
+    });
+    image.layer(|root| {
+        std::fs::remove_dir_all(root.join("usr/share/data/was-dir")).unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir"), "x\n").unwrap();
+    });
+    // The image holds the form that was refused: a whiteout below the new file.
+    let listed: String = std::fs::read_dir(image.layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .filter_map(|b| Command::new("tar").arg("-tzf").arg(b.path()).stderr(Stdio::null()).output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect();
+    assert!(listed.contains("usr/share/data/was-dir/.wh."), "umoci wrote no whiteout below the file:\n{listed}");
+    let oracle = image.unpack_to(&dir.path().join("oracle"));
+
+    let reg = Registry::start(dir.path(), Auth::None);
+    let reference = format!("{}/test/dir-became-file:1", reg.host());
+    image.push(&reference, &[]);
+    let store = dir.path().join("store");
+    pull_ok(&store, &reference, &[]);
+    let mnt = dir.mkdir("mnt");
+    let _m = ShaleMount::foreground(&["--root".into(), store.clone().into(), reference.clone().into()], &mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read(mnt.join("usr/share/data/was-dir")).unwrap(), b"x\n");
+    assert_same_content(&comparable(&mnt), &comparable(&oracle));
+}

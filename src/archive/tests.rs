@@ -141,6 +141,40 @@ fn absolute_names_stay_inside_and_later_entries_replace_earlier() {
     only_layer_in(tmp.path());
 }
 
+/// umoci's form of a directory that became a file: the file, then a whiteout below it.
+#[test]
+fn umoci_whiteout_under_a_file_that_replaced_a_directory_is_skipped() {
+    let (tmp, r) = unpack_into(&[
+        file(b"usr/share/data/was-dir", b"x\n"),
+        file(b"usr/share/data/was-dir/.wh.child", b""),
+        file(b"usr/share/data/was-dir/.wh..wh..opq", b""),
+        file(b"usr/share/data/was-dir/deeper/.wh.child", b""),
+    ]);
+    r.unwrap();
+    let l = tmp.path().join("layer");
+    assert_eq!(std::fs::read(l.join("usr/share/data/was-dir")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read_dir(l.join("usr/share/data")).unwrap().count(), 1);
+    only_layer_in(tmp.path());
+}
+
+/// The same whiteout below a symlink would be written through it: still refused.
+#[test]
+fn whiteout_below_a_symlink_is_still_refused() {
+    use tar::EntryType::*;
+    for target in [b"..".as_slice(), b"/tmp", b"file"] {
+        let entries = [file(b"file", b"x"), E { link: leak(target), ..e(b"up", Symlink) }, file(b"up/.wh.evil", b"")];
+        let (tmp, r) = unpack_into(&entries);
+        let err = r.expect_err("a whiteout through a symlink was accepted");
+        assert!(format!("{err:#}").contains("layer entry \"up/.wh.evil\""), "{err:#}");
+        assert!(!tmp.path().join("evil").exists() && !tmp.path().join("layer/evil").exists());
+        only_layer_in(tmp.path());
+    }
+}
+
+fn leak(b: &[u8]) -> &'static [u8] {
+    Box::leak(b.to_vec().into_boxed_slice())
+}
+
 #[test]
 fn entry_count_is_bounded() {
     let entries: Vec<E> = (0..5).map(|_| file(b"f", b"")).collect();

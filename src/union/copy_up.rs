@@ -96,21 +96,44 @@ impl Union {
 
     /// Make sure the directory at merged path `dir` exists in the upper, copying it (and its
     /// parents first) from the layer that shows it. Returns its attributes in the upper.
+    ///
+    /// One walk of the merged view from the root copies every missing directory on the way, so
+    /// a deep lower tree costs one lookup per level, not one walk from the root per level.
     pub(super) fn ensure_upper_dir(&self, dir: &CStr) -> SysResult<libc::stat> {
         let upper = self.upper()?;
+        let as_dir = |st: libc::stat| if kind_of(&st) == libc::S_IFDIR { Ok(st) } else { Err(Errno::ENOTDIR) };
         if let Ok(st) = upper.stat(dir) {
-            return if kind_of(&st) == libc::S_IFDIR { Ok(st) } else { Err(Errno::ENOTDIR) };
+            return as_dir(st);
         }
-        self.ensure_upper_dir(&sys::cstring(&parent_of(dir.to_bytes()))?)?;
-        let found = self.resolve(dir.to_bytes())?;
-        if found.kind != libc::S_IFDIR {
-            return Err(Errno::ENOTDIR);
+        let parts: Vec<&[u8]> = dir.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+        // The deepest ancestor the upper has already; the root always is there.
+        let mut have = parts.len().saturating_sub(1);
+        while have > 0 {
+            match upper.stat(&sys::cstring(&parts[..have].join(&b'/'))?) {
+                Ok(st) => {
+                    as_dir(st)?;
+                    break;
+                }
+                Err(_) => have -= 1,
+            }
         }
-        match self.copy_up_found(&found, CopyUp::Metadata) {
-            // Another request copied it up first: either way it is there now.
-            Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => upper.stat(dir),
-            Err(e) => Err(e),
+        let root = self.nodes.get(super::ino::ROOT_INO)?.state();
+        let (mut dir_path, mut branches) = (root.path, root.branches);
+        for (i, part) in parts.iter().enumerate() {
+            let found = self.find(&dir_path, &branches, part)?.ok_or(Errno::ENOENT)?;
+            if found.kind != libc::S_IFDIR {
+                return Err(Errno::ENOTDIR);
+            }
+            if i >= have {
+                match self.copy_up_found(&found, CopyUp::Metadata) {
+                    // Another request copied it up first: either way it is there now.
+                    Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            (dir_path, branches) = (found.path, found.branches);
         }
+        as_dir(upper.stat(dir)?)
     }
 
     /// Copy a node up, as far as `need` asks, if it is not in the upper that far yet.

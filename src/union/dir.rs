@@ -16,6 +16,9 @@ use super::layer::{WORK_LAYER, join, join_c};
 use super::lookup::{Found, check_name};
 use super::node::{Branch, Node, NodeState};
 
+/// overlayfs' default `redirect_max`: the longest absolute redirect a move may write.
+const REDIRECT_MAX: usize = 256;
+
 /// Who asks: new objects belong to them.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -256,6 +259,15 @@ impl Union {
         if dir {
             self.upper_paths_moved(found.path.to_bytes(), None, false);
         }
+        // An upper directory that holds nothing, not even whiteouts, goes at once (as overlayfs'
+        // rmdir of a pure upper directory): no move to the work directory, which costs the
+        // kernel a walk up the whole tree to check the move is legal.
+        if dir && !needs_whiteout && sys::unlinkat(upper.fd(), &found.path, libc::AT_REMOVEDIR).is_ok() {
+            if let Some(n) = live {
+                n.update(|s| s.branches.clear());
+            }
+            return Ok(());
+        }
         if dir || (open && found.stat.st_nlink <= 1) {
             // A directory may still hold whiteouts, and an open file must stay reachable for
             // fchmod/futimens by inode: move it to the work directory.
@@ -373,6 +385,12 @@ impl Union {
         let src_side_lower = self.lower_shows(&ps, name)?;
         let dst_side_lower = self.lower_shows(&nps, newname)?;
         let src_lower_shows = !exchange && src_side_lower;
+        if parent != newparent {
+            self.check_redirect_fits(&src)?;
+            if let (true, Some(d)) = (exchange, &dst) {
+                self.check_redirect_fits(d)?;
+            }
+        }
         self.prepare_to_move(&src, dst_side_lower)?;
         if let (true, Some(d)) = (exchange, &dst) {
             self.prepare_to_move(d, src_side_lower)?;
@@ -403,6 +421,20 @@ impl Union {
         Ok(())
     }
 
+    /// A directory with lower parts that moves to another directory records their path in an
+    /// absolute redirect. overlayfs refuses one longer than its `redirect_max` (256 by default)
+    /// with EXDEV, and `mv` then copies the tree instead: the same here, so that deep moves
+    /// behave alike (a rename within one directory needs only a name there, and always works).
+    fn check_redirect_fits(&self, obj: &Found) -> SysResult<()> {
+        if obj.kind != libc::S_IFDIR {
+            return Ok(());
+        }
+        match obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b))) {
+            Some(b) if b.path.to_bytes().len() + 1 > REDIRECT_MAX => Err(Errno::EXDEV),
+            _ => Ok(()),
+        }
+    }
+
     /// Get an object ready to move: in the upper, and for a directory a record of where its
     /// lower parts are (redirect) or, if it has none, opacity where a lower would show through.
     fn prepare_to_move(&self, obj: &Found, lower_at_target: bool) -> SysResult<()> {
@@ -417,9 +449,7 @@ impl Union {
             self.ensure_upper_dir(&obj.path)?;
             match lower {
                 Some(b) => {
-                    let mut target = b"/".to_vec();
-                    target.extend_from_slice(b.path.to_bytes());
-                    self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+                    self.set_upper_xattr(&obj.path, b"redirect", &dir_redirect(&b.path, &obj.path)?)?;
                     self.note_upper_move(obj.path.to_bytes(), b.path.to_bytes());
                 }
                 None if lower_at_target => self.set_upper_xattr(&obj.path, b"opaque", b"y")?,
@@ -502,6 +532,19 @@ impl Union {
 /// A redirect naming `path` from the layer root (overlayfs' absolute form).
 fn absolute(path: &CStr) -> Vec<u8> {
     [b"/".as_slice(), path.to_bytes()].concat()
+}
+
+/// The redirect of a directory whose lower parts are at `lower`, moved from merged path `from`:
+/// absolute (`/` + the lower path), or, when that is longer than overlayfs' `redirect_max` and
+/// the move stays in the directory where the lower parts are, the old name alone (overlayfs'
+/// relative redirect, resolved beside the directory). A long one elsewhere was refused before.
+fn dir_redirect(lower: &CStr, from: &CStr) -> SysResult<Vec<u8>> {
+    let lower = lower.to_bytes();
+    if lower.len() < REDIRECT_MAX {
+        return Ok([b"/".as_slice(), lower].concat());
+    }
+    let (parent, name) = (super::util::parent_of(lower), super::util::name_of(lower));
+    if parent == super::util::parent_of(from.to_bytes()) { Ok(name.to_vec()) } else { Err(Errno::EXDEV) }
 }
 
 /// `prefix` or `prefix/rest` → `new` or `new/rest`.
