@@ -96,6 +96,8 @@ pub struct MountPlan {
     pub metacopy: bool,
     /// Write the upper's overlay xattrs as `user.overlay.*` even when `trusted.*` would work.
     pub userxattr: bool,
+    /// `-o volatile`: copy-ups are not made durable.
+    pub volatile: bool,
 }
 
 #[derive(Debug)]
@@ -268,6 +270,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         passthrough: !args.no_passthrough,
         metacopy: args.metacopy || opts.metacopy,
         userxattr: opts.userxattr,
+        volatile: opts.volatile,
     })
 }
 
@@ -362,7 +365,21 @@ fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     let stack = LayerStack::with_work(upper, work, lowers)?;
     let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
     union.set_metacopy(plan.metacopy);
+    if plan.volatile {
+        union.set_volatile();
+    }
+    log_durability(&union);
     Ok(union)
+}
+
+fn log_durability(union: &Union) {
+    use crate::union::copy_up::Durability;
+    match union.durability() {
+        _ if union.is_read_only() => {}
+        Durability::Volatile => tracing::warn!("volatile: copy-ups are not synced; a crash or power cut can leave copies that hide their lower data"),
+        Durability::Ordered => tracing::info!("copy-ups are written out before they become visible; the upper's journal orders the rest"),
+        Durability::Synced => tracing::info!("copy-ups are fsynced before they become visible"),
+    }
 }
 
 /// How long the kernel may cache entries and attributes. Lowers never change under a mount, and

@@ -466,6 +466,32 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     Ok(())
 }
 
+/// Write a file's dirty pages out and wait for them (sync_file_range with WAIT_BEFORE, WRITE
+/// and WAIT_AFTER): the data reaches the device and its blocks are allocated, with no journal
+/// commit and no cache flush of its own.
+pub fn write_out(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range has no memory-safety preconditions; 0/0 means the whole file.
+    check(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, flags) })?;
+    Ok(())
+}
+
+/// Commit the whole filesystem `fd` is on (syncfs).
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: syncfs has no memory-safety preconditions.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// The filesystem type (statfs' f_type magic) of the filesystem `fd` is on.
+pub fn fs_type(fd: BorrowedFd<'_>) -> SysResult<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct statfs`.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
     let len = i64::try_from(len).map_err(|_| Errno(libc::EFBIG))?;
     // SAFETY: ftruncate has no memory-safety preconditions.

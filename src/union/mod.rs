@@ -64,6 +64,8 @@ pub struct Union {
     /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
     /// as there).
     metacopy: bool,
+    /// How copy-ups are made durable before they become visible (`volatile`: not at all).
+    durability: copy_up::Durability,
 }
 
 impl Union {
@@ -77,7 +79,12 @@ impl Union {
             snapshots: Snapshots::default(),
             aliases: Default::default(),
             metacopy: false,
+            durability: copy_up::Durability::Synced,
         };
+        let mut union = union;
+        if let Some(upper) = union.stack.upper() {
+            union.durability = util::durability_for(upper);
+        }
         let branches = union.root_branches()?;
         union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
         Ok(union)
@@ -86,6 +93,16 @@ impl Union {
     /// Turn metadata-only copy-up on or off (before the mount serves requests).
     pub fn set_metacopy(&mut self, on: bool) {
         self.metacopy = on;
+    }
+
+    /// `volatile`: copy-ups are not synced (overlayfs' option of that name).
+    pub fn set_volatile(&mut self) {
+        self.durability = copy_up::Durability::Volatile;
+    }
+
+    /// How copy-ups are made durable on this mount.
+    pub fn durability(&self) -> copy_up::Durability {
+        self.durability
     }
 
     pub fn stack(&self) -> &LayerStack {
