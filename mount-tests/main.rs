@@ -5,6 +5,7 @@
 mod chroot;
 mod cli;
 mod differential;
+mod lifecycle;
 mod merged_view;
 mod metacopy;
 mod pjdfstest;

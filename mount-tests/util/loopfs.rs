@@ -51,6 +51,26 @@ impl LoopFs {
         self.attach_and_mount();
     }
 
+    /// Unmount only (not lazily: EBUSY is an error), keeping the loop device for [`Self::mount_again`].
+    pub fn umount_keeping_device(&self) -> Result<(), String> {
+        let out = Command::new("umount").arg(&self.mnt).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("umount {}: {}", self.mnt.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    /// Mount the same loop device again after [`Self::umount_keeping_device`].
+    pub fn mount_again(&self) {
+        let dev = self.dev.as_deref().expect("the loop device is attached");
+        let mut mount = Command::new("mount");
+        if !self.mount_opts.is_empty() {
+            mount.args(["-o", &self.mount_opts]);
+        }
+        run_ok(mount.arg(dev).arg(&self.mnt));
+    }
+
     /// Unmount (not lazily: a busy filesystem is an error here) and detach the loop device.
     pub fn unmount(&mut self) -> Result<(), String> {
         if is_mounted(&self.mnt) {

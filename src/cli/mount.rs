@@ -220,6 +220,7 @@ fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) 
     if !args.lowers.is_empty() || args.upper.is_some() || args.work.is_some() {
         anyhow::bail!("--lower, --upper and --work cannot be combined with an image or container");
     }
+    super::containers::detach_dead_mounts(name)?;
     let mut mounted = super::containers::mountpoints_of(name);
     if let Some(mp) = mounted.pop() {
         anyhow::bail!("container {name} is already mounted on {mp}");
@@ -408,11 +409,14 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
         "mounted on {}",
         plan.mountpoint.display()
     );
+    let mountpoint = std::fs::canonicalize(&plan.mountpoint).unwrap_or_else(|_| plan.mountpoint.clone());
     if is_daemon_child {
         report_to_parent("ready");
         let _ = sys::redirect_to_dev_null(1);
+        // Not to keep the caller's directory (maybe on a layer's filesystem) busy.
+        let _ = std::env::set_current_dir("/");
     }
-    session::serve(session, &plan.mountpoint)
+    session::serve(session, &mountpoint)
 }
 
 fn report_to_parent(line: &str) {

@@ -95,6 +95,14 @@ impl Union {
         self.metacopy = on;
     }
 
+    /// The mount is gone: close every file and layer now, before the slower teardown (dropping
+    /// the node tables), so the layers' filesystems are free the moment the daemon says so.
+    pub fn release_all(&mut self) {
+        self.files = HandleTable::default();
+        self.snapshots = Snapshots::default();
+        self.stack.release();
+    }
+
     /// `volatile`: copy-ups are not synced (overlayfs' option of that name).
     pub fn set_volatile(&mut self) {
         self.durability = copy_up::Durability::Volatile;
