@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ struct Count {
 /// One side of the comparison: its upper and work on the shared ext4, a mountpoint outside it.
 struct Side {
     name: &'static str,
+    /// Mounted with `metacopy=on`, each file chmodded (a metadata-only copy-up) before its append
+    /// (the data copy into that upper file, then the mark's removal).
+    metacopy: bool,
     upper: PathBuf,
     work: PathBuf,
     mnt: PathBuf,
@@ -46,16 +49,19 @@ enum Mounted {
 }
 
 impl Side {
-    fn new(name: &'static str, fs: &Path, dir: &TestDir) -> Side {
+    fn new(name: &'static str, metacopy: bool, fs: &Path, dir: &TestDir) -> Side {
         let (upper, work) = (fs.join(name).join("upper"), fs.join(name).join("work"));
         std::fs::create_dir_all(&upper).expect("upper");
         std::fs::create_dir_all(&work).expect("work");
-        Side { name, upper, work, mnt: dir.mkdir(&format!("mnt-{name}")) }
+        Side { name, metacopy, upper, work, mnt: dir.mkdir(&format!("mnt-{name}")) }
     }
 
     fn mount(&self, lower: &Path) -> Mounted {
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display());
-        if self.name == "kernel" {
+        let mut opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), self.upper.display(), self.work.display());
+        if self.metacopy {
+            opts.push_str(",metacopy=on");
+        }
+        if self.name.starts_with("kernel") {
             Mounted::Kernel(KernelOverlay::mount(&format!("{opts},index=on,redirect_dir=on"), &self.mnt))
         } else {
             let args: Vec<OsString> = vec!["-o".into(), opts.into()];
@@ -67,6 +73,9 @@ impl Side {
     fn change(&self) {
         let m = &self.mnt;
         for i in 0..FILES {
+            if self.metacopy {
+                std::fs::set_permissions(m.join(format!("files/f{i:03}")), std::fs::Permissions::from_mode(0o640)).expect("chmod");
+            }
             let mut f = std::fs::OpenOptions::new().append(true).open(m.join(format!("files/f{i:03}"))).expect("open lower file");
             f.write_all(b"!").expect("append");
         }
@@ -139,7 +148,12 @@ fn power_cut_after_copy_up_loses_no_lower_data() {
     // journal surely holds the renames, and the data of anything not synced is still only in
     // the page cache (its writeback starts after 30 s, dirty_expire_centisecs).
     let mut fs = LoopFs::ext4(&dir.path().join("upper.img"), &dir.path().join("upperfs"), 256, "commit=1");
-    let sides = [Side::new("kernel", &fs.mnt, &dir), Side::new("shalefs", &fs.mnt, &dir)];
+    let sides = [
+        Side::new("kernel", false, &fs.mnt, &dir),
+        Side::new("shalefs", false, &fs.mnt, &dir),
+        Side::new("kernel-metacopy", true, &fs.mnt, &dir),
+        Side::new("shalefs-metacopy", true, &fs.mnt, &dir),
+    ];
     {
         let mounts: Vec<Mounted> = sides.iter().map(|s| s.mount(&lower)).collect();
         for s in &sides {
@@ -157,7 +171,7 @@ fn power_cut_after_copy_up_loses_no_lower_data() {
         let c = s.count();
         let bad = s.check_synced();
         report.push(format!(
-            "{:8} original {:3}  original+byte {:3}  torn {:3}  fsynced intact: {}",
+            "{:16} original {:3}  original+byte {:3}  torn {:3}  fsynced intact: {}",
             s.name,
             c.original,
             c.original_and_byte,
