@@ -13,7 +13,7 @@ use crate::util::{ShaleMount, TestDir, is_mounted, run, run_ok, shalefs_bin};
 /// The PID the daemon serving `mnt` tells on its root.
 fn daemon_pid(mnt: &Path) -> u32 {
     let out = run_ok(Command::new("getfattr").args(["--only-values", "-n", "trusted.shalefs.daemon-pid"]).arg(mnt));
-    out.trim().parse().unwrap_or_else(|_| panic!("daemon pid {out:?}"))
+    out.split(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("daemon pid {out:?}"))
 }
 
 /// Gone, or a zombie not yet reaped by whoever inherited it (its files are closed either way).

@@ -47,8 +47,14 @@ pub fn run(args: UmountArgs) -> anyhow::Result<()> {
 fn serving_daemon(mp: &std::path::Path) -> Option<std::os::fd::OwnedFd> {
     let path = sys::path_cstring(mp).ok()?;
     let name = sys::cstring(crate::fuse::DAEMON_PID_XATTR.as_bytes()).ok()?;
-    let pid: u32 = std::str::from_utf8(&sys::lgetxattr(&path, &name).ok()?).ok()?.parse().ok()?;
-    sys::pidfd_open(pid).ok()
+    let value = sys::lgetxattr(&path, &name).ok()?;
+    let (pid, ns) = std::str::from_utf8(&value).ok()?.split_once(' ')?;
+    let ours = crate::fuse::daemon_identity();
+    // Only a daemon in our PID namespace can be waited for by its PID.
+    if ours.split_once(' ').map(|(_, n)| n) != Some(ns) {
+        return None;
+    }
+    sys::pidfd_open(pid.parse().ok()?).ok()
 }
 
 fn detach(args: &UmountArgs) -> anyhow::Result<()> {
