@@ -96,6 +96,8 @@ pub struct MountPlan {
     pub metacopy: bool,
     /// Write the upper's overlay xattrs as `user.overlay.*` even when `trusted.*` would work.
     pub userxattr: bool,
+    /// `-o volatile`: copy-ups are not made durable.
+    pub volatile: bool,
 }
 
 #[derive(Debug)]
@@ -218,6 +220,7 @@ fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) 
     if !args.lowers.is_empty() || args.upper.is_some() || args.work.is_some() {
         anyhow::bail!("--lower, --upper and --work cannot be combined with an image or container");
     }
+    super::containers::detach_dead_mounts(name)?;
     let mut mounted = super::containers::mountpoints_of(name);
     if let Some(mp) = mounted.pop() {
         anyhow::bail!("container {name} is already mounted on {mp}");
@@ -268,6 +271,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         passthrough: !args.no_passthrough,
         metacopy: args.metacopy || opts.metacopy,
         userxattr: opts.userxattr,
+        volatile: opts.volatile,
     })
 }
 
@@ -362,7 +366,21 @@ fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     let stack = LayerStack::with_work(upper, work, lowers)?;
     let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
     union.set_metacopy(plan.metacopy);
+    if plan.volatile {
+        union.set_volatile();
+    }
+    log_durability(&union);
     Ok(union)
+}
+
+fn log_durability(union: &Union) {
+    use crate::union::copy_up::Durability;
+    match union.durability() {
+        _ if union.is_read_only() => {}
+        Durability::Volatile => tracing::warn!("volatile: copy-ups are not synced; a crash or power cut can leave copies that hide their lower data"),
+        Durability::Ordered => tracing::info!("copy-ups are written out before they become visible; the upper's journal orders the rest"),
+        Durability::Synced => tracing::info!("copy-ups are fsynced before they become visible"),
+    }
 }
 
 /// How long the kernel may cache entries and attributes. Lowers never change under a mount, and
@@ -391,11 +409,14 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
         "mounted on {}",
         plan.mountpoint.display()
     );
+    let mountpoint = std::fs::canonicalize(&plan.mountpoint).unwrap_or_else(|_| plan.mountpoint.clone());
     if is_daemon_child {
         report_to_parent("ready");
         let _ = sys::redirect_to_dev_null(1);
+        // Not to keep the caller's directory (maybe on a layer's filesystem) busy.
+        let _ = std::env::set_current_dir("/");
     }
-    session::serve(session, &plan.mountpoint)
+    session::serve(session, &mountpoint)
 }
 
 fn report_to_parent(line: &str) {

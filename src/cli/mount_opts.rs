@@ -19,6 +19,8 @@ pub struct OverlayOptions {
     pub metacopy: bool,
     /// `userxattr`: the upper's format in `user.overlay.*`, as overlayfs' option.
     pub userxattr: bool,
+    /// `volatile`: copy-ups are not synced before they become visible (overlayfs' option).
+    pub volatile: bool,
 }
 
 /// Split on `sep`, where a backslash escapes the next character (overlayfs allows `\,` and `\:`
@@ -77,7 +79,7 @@ fn one_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
 /// Options kernel overlayfs or fuse-overlayfs accept that shalefs has no use for: accepted so an
 /// existing command line works, and said in the log.
 const IGNORED: &[&str] = &[
-    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity", "volatile",
+    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity",
     "default_permissions", "allow_other", "allow_root", "fsync", "noacl", "squash_to_root", "squash_to_uid",
     "squash_to_gid", "static_nlink", "threaded", "context", "fscontext", "defcontext", "rootcontext", "dev",
     "suid", "exec", "atime", "relatime", "strictatime", "sync", "async", "rw",
@@ -114,6 +116,7 @@ pub fn parse(option_strings: &[String]) -> anyhow::Result<(OverlayOptions, Vec<S
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("metacopy", Some(v)) => out.metacopy = on_or_off("metacopy", v)?,
             ("userxattr", None) => out.userxattr = true,
+            ("volatile", None) => out.volatile = true,
             ("ro", None) => out.flags.read_only = true,
             ("nodev", None) => out.flags.nodev = true,
             ("nosuid", None) => out.flags.nosuid = true,
@@ -160,6 +163,13 @@ mod tests {
         let (o, ignored) = parse(&["lowerdir=/a,ro,nodev,index=on,redirect_dir=on".into()]).unwrap();
         assert!(o.flags.read_only && o.flags.nodev);
         assert_eq!(ignored, vec!["index=on".to_string(), "redirect_dir=on".to_string()]);
+    }
+
+    #[test]
+    fn volatile_is_a_flag() {
+        assert!(p("lowerdir=/a,volatile").volatile);
+        assert!(!p("lowerdir=/a").volatile);
+        assert!(parse(&["lowerdir=/a,volatile=on".into()]).is_err());
     }
 
     #[test]

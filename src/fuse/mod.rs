@@ -95,6 +95,17 @@ fn positions(read: &DirRead) -> impl Iterator<Item = (u64, Dirent<'_>)> {
     dots.into_iter().chain(entries).skip(read.position as usize)
 }
 
+/// Answered on the root of every shalefs mount (to root only, as any `trusted.` xattr, and not
+/// listed): `PID PIDNS`, the PID of the daemon serving it and the inode of its PID namespace
+/// (a PID means nothing in another namespace).
+pub const DAEMON_PID_XATTR: &str = "trusted.shalefs.daemon-pid";
+
+pub fn daemon_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino());
+    format!("{} {ns}", std::process::id())
+}
+
 impl Filesystem for ShaleFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
@@ -284,7 +295,17 @@ impl Filesystem for ShaleFs {
         }
     }
 
+    /// FUSE over /dev/fuse gets no DESTROY (only fuseblk does); this runs when the kernel
+    /// ended the session (ENODEV on the device) and every worker has stopped.
+    fn destroy(&mut self) {
+        self.union.release_all();
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // `shalefs umount` asks which process serves the mount, to wait for its exit.
+        if ino.0 == crate::union::ino::ROOT_INO && name.as_bytes() == DAEMON_PID_XATTR.as_bytes() {
+            return reply::xattr(reply, daemon_identity().as_bytes(), size);
+        }
         match self.union.getxattr(ino.0, name.as_bytes()) {
             Ok(value) => reply::xattr(reply, &value, size),
             Err(e) => reply.error(errno(e)),

@@ -101,6 +101,53 @@ pub fn open_dir(path: &Path) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Open a lower layer's directory through a private clone of its mount (open_tree with
+/// OPEN_TREE_CLONE), as overlayfs takes its layers (clone_private_mount): the daemon's files
+/// then pin the clone, not the mount the user sees, so `umount` of the layers' filesystem
+/// never fails with EBUSY because of this daemon, even in the moment between the union's
+/// unmount and the daemon's exit. Without the privilege (or the system call), a plain open.
+pub fn open_dir_private(path: &Path) -> SysResult<OwnedFd> {
+    let c = path_cstring(path)?;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: `c` is a valid NUL-terminated string; open_tree returns a new fd or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if tree < 0 {
+        return open_dir(path);
+    }
+    // SAFETY: open_tree just returned this fd and nobody else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // A directory fd of the clone's root; the clone lives as long as fds into it do.
+    // SAFETY: "." is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::openat(tree.as_raw_fd(), c".".as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by openat(2) and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pidfd for process `pid` (pidfd_open), to wait for its exit without a race on PID reuse.
+pub fn pidfd_open(pid: u32) -> SysResult<OwnedFd> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: pidfd_open just returned this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Wait up to `timeout_ms` for the process behind `pidfd` to exit; whether it did.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `p` is one valid pollfd.
+        match check(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// lstat relative to a directory fd: never follows a symlink in the last component.
 pub fn fstatat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<libc::stat> {
     let (base, rel) = near(dir, rel, PATH_LIMIT)?;
@@ -537,6 +584,32 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     // SAFETY: fsync/fdatasync have no memory-safety preconditions.
     check(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } })?;
     Ok(())
+}
+
+/// Write a file's dirty pages out and wait for them (sync_file_range with WAIT_BEFORE, WRITE
+/// and WAIT_AFTER): the data reaches the device and its blocks are allocated, with no journal
+/// commit and no cache flush of its own.
+pub fn write_out(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range has no memory-safety preconditions; 0/0 means the whole file.
+    check(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, flags) })?;
+    Ok(())
+}
+
+/// Commit the whole filesystem `fd` is on (syncfs).
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: syncfs has no memory-safety preconditions.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// The filesystem type (statfs' f_type magic) of the filesystem `fd` is on.
+pub fn fs_type(fd: BorrowedFd<'_>) -> SysResult<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct statfs`.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {

@@ -74,7 +74,9 @@ impl Layer {
         if !meta.is_dir() {
             anyhow::bail!("{kind} {}: not a directory", path.display());
         }
-        let root = sys::open_dir(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        // A lower is held through a private clone of its mount, as overlayfs holds its layers.
+        let open = if role == Role::Lower { sys::open_dir_private } else { sys::open_dir };
+        let root = open(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
         let st = sys::fstat(root.as_fd()).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
         // A merged tree may be deeper than one system call's path: keep deep directories open.
         sys::keep_deep_dirs(root.as_fd());
@@ -362,6 +364,12 @@ impl LayerStack {
 
     pub fn work(&self) -> Option<&Layer> {
         self.work.as_ref()
+    }
+
+    /// Close every layer (the mount is gone); requests after this get EIO.
+    pub fn release(&mut self) {
+        self.layers.clear();
+        self.work = None;
     }
 
     pub fn len(&self) -> usize {

@@ -67,6 +67,8 @@ pub struct Union {
     /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
     /// as there).
     metacopy: bool,
+    /// How copy-ups are made durable before they become visible (`volatile`: not at all).
+    durability: copy_up::Durability,
 }
 
 impl Union {
@@ -81,7 +83,12 @@ impl Union {
             aliases: Default::default(),
             upper_moves: Default::default(),
             metacopy: false,
+            durability: copy_up::Durability::Synced,
         };
+        let mut union = union;
+        if let Some(upper) = union.stack.upper() {
+            union.durability = util::durability_for(upper);
+        }
         let branches = union.root_branches()?;
         union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
         Ok(union)
@@ -90,6 +97,24 @@ impl Union {
     /// Turn metadata-only copy-up on or off (before the mount serves requests).
     pub fn set_metacopy(&mut self, on: bool) {
         self.metacopy = on;
+    }
+
+    /// The mount is gone: close every file and layer now, before the slower teardown (dropping
+    /// the node tables), so the layers' filesystems are free the moment the daemon says so.
+    pub fn release_all(&mut self) {
+        self.files = HandleTable::default();
+        self.snapshots = Snapshots::default();
+        self.stack.release();
+    }
+
+    /// `volatile`: copy-ups are not synced (overlayfs' option of that name).
+    pub fn set_volatile(&mut self) {
+        self.durability = copy_up::Durability::Volatile;
+    }
+
+    /// How copy-ups are made durable on this mount.
+    pub fn durability(&self) -> copy_up::Durability {
+        self.durability
     }
 
     pub fn stack(&self) -> &LayerStack {
