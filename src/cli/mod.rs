@@ -4,7 +4,6 @@ pub mod containers;
 pub mod images;
 pub mod logging;
 pub mod mount;
-pub mod mount_opts;
 pub mod progress;
 pub mod pull;
 pub mod umount;
