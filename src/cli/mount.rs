@@ -180,6 +180,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         no_passthrough: args.no_passthrough,
         metacopy: args.metacopy || opts.metacopy,
         userxattr: opts.userxattr,
+        ids: opts.ids,
     }
     .check()
 }

@@ -67,5 +67,6 @@ pub fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     let stack = LayerStack::with_work(upper, work, lowers)?;
     let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
     union.set_metacopy(plan.metacopy);
+    union.set_id_mapping(plan.ids.clone());
     Ok(union)
 }

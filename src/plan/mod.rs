@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fuse::session::{self, MountFlags};
 use crate::sys;
+use crate::union::idmap::IdMapping;
 
 /// What a caller asks to mount, before any check. Fields left at their default mean: no upper
 /// (read-only), fsname "shalefs", the default thread count, passthrough where the kernel allows.
@@ -43,6 +44,8 @@ pub struct MountSpec {
     pub metacopy: bool,
     /// Write the upper's overlay xattrs as `user.overlay.*` even when `trusted.*` would work.
     pub userxattr: bool,
+    /// Owners shifted between disk and kernel (identity by default).
+    pub ids: IdMapping,
 }
 
 /// A checked mount: every path exists and has the right kind; nothing later sees raw flags.
@@ -57,6 +60,7 @@ pub struct MountPlan {
     pub passthrough: bool,
     pub metacopy: bool,
     pub userxattr: bool,
+    pub ids: IdMapping,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,7 @@ impl MountSpec {
             passthrough: !self.no_passthrough,
             metacopy: self.metacopy,
             userxattr: self.userxattr,
+            ids: self.ids,
         })
     }
 }

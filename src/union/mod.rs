@@ -12,6 +12,7 @@
 //! - [`copy_up`] — copy-up, whole or metadata only (copy_up.c)
 //! - [`dir`] — directory operations (dir.c)
 //! - [`util`] — writing the upper in overlayfs format (util.c)
+//! - [`idmap`] — owners shifted between disk and kernel (uidmapping=/gidmapping=)
 //! - [`ino`] — inode numbers that are unique across filesystems (xino)
 //! - [`node`] — the node and handle tables
 
@@ -19,6 +20,7 @@ pub mod attr;
 pub mod copy_up;
 pub mod dir;
 pub mod file;
+pub mod idmap;
 pub mod ino;
 pub mod layer;
 pub mod lookup;
@@ -64,6 +66,8 @@ pub struct Union {
     /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
     /// as there).
     metacopy: bool,
+    /// How owners on disk show through the mount, and back (identity unless asked).
+    ids: idmap::IdMapping,
 }
 
 impl Union {
@@ -77,6 +81,7 @@ impl Union {
             snapshots: Snapshots::default(),
             aliases: Default::default(),
             metacopy: false,
+            ids: idmap::IdMapping::default(),
         };
         let branches = union.root_branches()?;
         union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
@@ -86,6 +91,11 @@ impl Union {
     /// Turn metadata-only copy-up on or off (before the mount serves requests).
     pub fn set_metacopy(&mut self, on: bool) {
         self.metacopy = on;
+    }
+
+    /// Shift owners between disk and kernel (before the mount serves requests).
+    pub fn set_id_mapping(&mut self, ids: idmap::IdMapping) {
+        self.ids = ids;
     }
 
     pub fn stack(&self) -> &LayerStack {
@@ -115,7 +125,9 @@ impl Union {
     /// Register `found` (one more kernel reference) and say what the kernel is to be told.
     pub fn entry(&self, parent: u64, found: &Found) -> Entry {
         let node = self.remember(parent, found);
-        Entry { stat: found.stat, generation: node.generation() }
+        let mut stat = found.stat;
+        self.ids.show(&mut stat);
+        Entry { stat, generation: node.generation() }
     }
 
     /// Register an object found by lookup or readdirplus: the kernel now holds one more

@@ -190,7 +190,13 @@ impl Union {
         if let Some(listing) = (offset != 0).then(|| self.snapshots.find(ino, id)).flatten() {
             return Ok(DirRead { node, id, listing, position });
         }
-        let (id, listing) = self.snapshots.take(ino, self.list_dir(&node)?);
+        let mut listed = self.list_dir(&node)?;
+        if !self.ids.is_identity() {
+            for l in &mut listed {
+                self.ids.show(&mut l.found.stat);
+            }
+        }
+        let (id, listing) = self.snapshots.take(ino, listed);
         Ok(DirRead { node, id, listing, position })
     }
 
