@@ -8,6 +8,7 @@ mod differential;
 mod merged_view;
 mod metacopy;
 mod pjdfstest;
+mod podman;
 mod pull;
 mod write_path;
 mod util;
