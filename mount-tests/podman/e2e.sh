@@ -50,9 +50,10 @@ RUN mkdir -p /b/x && echo one > /b/x/1 && echo two > /b/2
 COPY file.txt /b/copied
 RUN rm /b/2 /data/one && mv /b/x /b/y
 RUN echo \$(ls /b) \$(cat /b/y/1) > /b/summary
+RUN rm -rf /data/dir && mkdir /data/dir && echo g > /data/dir/g
 CF
 check "build (RUN, COPY, deletes)" bash -c "P build -q --network none -t localhost/built:1 '$T/ctx' >/dev/null"
-check "run the built image" expect "copied y one|copied|absent" P run --rm localhost/built:1 sh -c 'echo "$(cat /b/summary)|$(cat /b/copied)|$(test -e /data/one && echo present || echo absent)"'
+check "run the built image" expect "copied y one|copied|absent|g" P run --rm localhost/built:1 sh -c 'echo "$(cat /b/summary)|$(cat /b/copied)|$(test -e /data/one && echo present || echo absent)|$(ls /data/dir)"'
 check "save, rmi, load, run" bash -c "P save -q -o '$T/built.tar' localhost/built:1 && P rmi -f localhost/built:1 >/dev/null && P load -q -i '$T/built.tar' >/dev/null && [ \"\$(podman --log-level=error run --rm localhost/built:1 cat /b/copied)\" = copied ]"
 
 image_mount() {

@@ -45,7 +45,7 @@ impl IdMap {
     /// and `,` between ranges as fuse-overlayfs' man page writes it.
     pub fn parse(s: &str) -> Result<IdMap, String> {
         let fields: Vec<&str> = s.split([':', ',']).filter(|f| !f.is_empty()).collect();
-        if fields.is_empty() || fields.len() % 3 != 0 {
+        if fields.is_empty() || !fields.len().is_multiple_of(3) {
             return Err(format!("{s:?}: expected ID:MAPPED-ID:LENGTH triples"));
         }
         let mut ranges = Vec::new();
