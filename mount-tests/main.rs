@@ -11,6 +11,7 @@ mod merged_view;
 mod metacopy;
 mod pjdfstest;
 mod power_cut;
+mod podman;
 mod pull;
 mod write_path;
 mod util;

@@ -1,10 +1,11 @@
 //! shalefs: container image layer stacks as one merged directory, through FUSE, with the
 //! semantics of kernel overlayfs.
 //!
-//! Dependencies run one way: `cli` → `fuse` → `union` → `sys`, and `cli` → `store` →
-//! `archive`/`registry` → `oci`.
+//! Dependencies run one way: `cli` → `plan` → `fuse` → `union` → `sys`, and `cli`/`plan` →
+//! `store` → `archive`/`registry` → `oci`.
 //! - [`union`]: the overlay rules on plain directories, testable without FUSE;
 //! - [`fuse`]: the thin `fuser::Filesystem` glue and the mount session;
+//! - [`plan`]: the mount plan every mounting command goes through: checked, built, served;
 //! - [`cli`]: command-line parsing and one module per command;
 //! - [`store`]: the content-addressed image store and the pull pipeline;
 //! - [`registry`]: the OCI distribution client; [`archive`]: safe layer unpacking;
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod cli;
 pub mod fuse;
 pub mod oci;
+pub mod plan;
 pub mod registry;
 pub mod store;
 pub mod sys;

@@ -7,10 +7,7 @@ use clap::Args;
 
 use crate::store::Store;
 
-/// The mount source a container's mount carries, so `ps` and `rm` can find it.
-pub fn fsname_of(container: &str) -> String {
-    format!("shalefs:{container}")
-}
+pub use crate::plan::container::fsname_of;
 
 /// Where a container is mounted, from /proc/self/mounts.
 pub fn mountpoints_of(container: &str) -> Vec<String> {

@@ -4,7 +4,7 @@ pub mod containers;
 pub mod images;
 pub mod logging;
 pub mod mount;
-pub mod mount_opts;
+pub mod program;
 pub mod progress;
 pub mod pull;
 pub mod umount;
@@ -13,12 +13,16 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "shalefs", version, about = "Container image layers as one merged directory, through FUSE")]
+#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 pub struct Cli {
     /// The image store (default: $SHALEFS_ROOT, else /var/lib/shalefs)
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<std::path::PathBuf>,
+    /// `shalefs -o OPTS MERGED`: the mount-program form podman and buildah call
+    #[command(flatten)]
+    pub program: program::ProgramArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,7 +53,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root;
-    match cli.command {
+    let Some(command) = cli.command else { return program::run(cli.program) };
+    match command {
         Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
         Command::Pull(args) => pull::run(args, root),

@@ -60,6 +60,7 @@ impl Union {
         if top.is_ok_and(|t| t.layer == super::layer::WORK_LAYER) {
             st.st_nlink = 0;
         }
+        self.ids.show(&mut st);
         Ok(st)
     }
 
@@ -81,6 +82,9 @@ impl Union {
 
     pub fn setattr(&self, ino: u64, change: SetAttr, fh: Option<u64>) -> SysResult<libc::stat> {
         let node = self.nodes.get(ino)?;
+        // The new owners as they are written (EINVAL for an id the mapping lacks), checked
+        // before anything is copied up.
+        let (uid, gid) = self.ids.chown_to_disk(change.uid, change.gid)?;
         // A truncation to zero needs none of the old data; without a size, no data at all.
         let need = match change.size {
             Some(0) => CopyUp::Truncate,
@@ -90,9 +94,9 @@ impl Union {
         self.copy_up_node(&node, need)?;
         let top = node.top()?;
         let layer = self.stack.get(top.layer)?;
-        if change.uid.is_some() || change.gid.is_some() {
+        if uid.is_some() || gid.is_some() {
             // -1 leaves an id unchanged, as chown(2) says.
-            sys::lchownat(layer.fd(), &top.path, change.uid.unwrap_or(u32::MAX), change.gid.unwrap_or(u32::MAX))?;
+            sys::lchownat(layer.fd(), &top.path, uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))?;
         }
         if let Some(mode) = change.mode {
             sys::fchmodat(layer.fd(), &top.path, mode & 0o7777)?;

@@ -109,19 +109,20 @@ impl Union {
         if self.find(&pstate.path, &pstate.branches, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
+        let (owner, caller_gid) = self.ids.caller_to_disk(caller.uid, caller.gid);
         let parent_st = self.ensure_upper_dir(&pstate.path)?;
         let (upper, work) = (self.upper()?, self.work()?);
         let target = join_c(&pstate.path, name)?;
         // BSD group semantics in a set-gid directory, as every Linux filesystem gives.
         let sgid_dir = parent_st.st_mode & libc::S_ISGID != 0;
-        let gid = if sgid_dir { parent_st.st_gid } else { caller.gid };
+        let gid = if sgid_dir { parent_st.st_gid } else { caller_gid };
         let is_dir = obj.kind() == libc::S_IFDIR;
         // Nothing shows under this name, so anything in the upper here is a whiteout.
         let over_whiteout = upper.stat(&target).is_ok();
         let (dir_fd, place) = if over_whiteout { (work.fd(), self.temp_name()) } else { (upper.fd(), target.clone()) };
         let fd = obj.make(dir_fd, &place)?;
         let finish = || -> SysResult<()> {
-            sys::lchownat(dir_fd, &place, caller.uid, gid)?;
+            sys::lchownat(dir_fd, &place, owner, gid)?;
             let mut perm = obj.perm();
             if is_dir && sgid_dir {
                 perm |= libc::S_ISGID;

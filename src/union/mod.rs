@@ -12,6 +12,7 @@
 //! - [`copy_up`] — copy-up, whole or metadata only (copy_up.c)
 //! - [`dir`] — directory operations (dir.c)
 //! - [`util`] — writing the upper in overlayfs format (util.c)
+//! - [`idmap`] — owners shifted between disk and kernel (uidmapping=/gidmapping=)
 //! - [`ino`] — inode numbers that are unique across filesystems (xino)
 //! - [`node`] — the node and handle tables
 
@@ -19,6 +20,7 @@ pub mod attr;
 pub mod copy_up;
 pub mod dir;
 pub mod file;
+pub mod idmap;
 pub mod ino;
 pub mod layer;
 pub mod lookup;
@@ -69,6 +71,8 @@ pub struct Union {
     metacopy: bool,
     /// How copy-ups are made durable before they become visible (`volatile`: not at all).
     durability: copy_up::Durability,
+    /// How owners on disk show through the mount, and back (identity unless asked).
+    ids: idmap::IdMapping,
 }
 
 impl Union {
@@ -84,6 +88,7 @@ impl Union {
             upper_moves: Default::default(),
             metacopy: false,
             durability: copy_up::Durability::Synced,
+            ids: idmap::IdMapping::default(),
         };
         let mut union = union;
         if let Some(upper) = union.stack.upper() {
@@ -117,6 +122,11 @@ impl Union {
         self.durability
     }
 
+    /// Shift owners between disk and kernel (before the mount serves requests).
+    pub fn set_id_mapping(&mut self, ids: idmap::IdMapping) {
+        self.ids = ids;
+    }
+
     pub fn stack(&self) -> &LayerStack {
         &self.stack
     }
@@ -147,7 +157,9 @@ impl Union {
     /// Register `found` (one more kernel reference) and say what the kernel is to be told.
     pub fn entry(&self, parent: u64, found: &Found) -> Entry {
         let node = self.remember(parent, found);
-        Entry { stat: found.stat, generation: node.generation() }
+        let mut stat = found.stat;
+        self.ids.show(&mut stat);
+        Entry { stat, generation: node.generation() }
     }
 
     /// Register an object found by lookup or readdirplus: the kernel now holds one more

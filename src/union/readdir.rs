@@ -195,6 +195,7 @@ impl Union {
             if let Some(top) = l.found.branches.first().cloned() {
                 self.count_merged_names(l.found.ino, l.found.kind, &top, &mut l.found.stat);
             }
+            self.ids.show(&mut l.found.stat);
         }
         let (id, listing) = self.snapshots.take(ino, listed);
         Ok(DirRead { node, id, listing, position })

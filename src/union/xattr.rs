@@ -5,6 +5,7 @@ use crate::sys::{self, Errno, SysResult};
 
 use super::Union;
 use super::copy_up::CopyUp;
+use super::idmap::is_acl_xattr;
 use super::whiteout::is_private_xattr;
 
 impl Union {
@@ -14,7 +15,8 @@ impl Union {
         }
         let node = self.nodes.get(ino)?;
         let top = node.top()?;
-        sys::getxattr_at(self.stack.get(top.layer)?.fd(), &top.path, &sys::cstring(name)?)
+        let value = sys::getxattr_at(self.stack.get(top.layer)?.fd(), &top.path, &sys::cstring(name)?)?;
+        Ok(if is_acl_xattr(name) { self.ids.acl_to_kernel(&value) } else { value })
     }
 
     /// The visible xattr names, NUL-separated, as listxattr(2) returns them.
@@ -31,6 +33,13 @@ impl Union {
         if is_private_xattr(name) {
             return Err(Errno::EPERM);
         }
+        let mapped;
+        let value = if is_acl_xattr(name) {
+            mapped = self.ids.acl_to_disk(value)?;
+            &mapped[..]
+        } else {
+            value
+        };
         let node = self.nodes.get(ino)?;
         self.copy_up_node(&node, CopyUp::Metadata)?;
         sys::lsetxattr_flags(&self.top_path(ino)?, &sys::cstring(name)?, value, flags)

@@ -1,0 +1,48 @@
+//! Making a plan's mount live and serving it until it is unmounted.
+
+use fuser::Session;
+
+use crate::fuse::ShaleFs;
+use crate::fuse::session::{self, SessionOptions};
+use crate::sys;
+
+use super::MountPlan;
+
+/// How long the kernel may cache entries and attributes. Lowers never change under a mount, and
+/// every change to the upper goes through this daemon, whose replies carry the new attributes
+/// (and the kernel invalidates what a change makes stale), so nothing expires by time: a day.
+fn cache_ttl(_plan: &MountPlan) -> std::time::Duration {
+    std::time::Duration::from_secs(86400)
+}
+
+/// Build the union and mount it: when this returns, the mount is live (the FUSE handshake is
+/// done) and requests wait for [`serve`].
+pub fn mount(plan: &MountPlan) -> anyhow::Result<Session<ShaleFs>> {
+    // The kernel applies the caller's umask before a create reaches us; ours must not apply
+    // a second time.
+    sys::set_umask(0);
+    let union = super::build::build_union(plan)?;
+    let fs = ShaleFs::new(union, cache_ttl(plan), plan.passthrough);
+    let opts = SessionOptions {
+        mountpoint: plan.mountpoint.clone(),
+        fsname: plan.fsname.clone(),
+        threads: plan.threads,
+        flags: plan.flags.clone(),
+    };
+    let session = session::mount(fs, &opts)?;
+    tracing::info!(lowers = plan.lowers.len(), upper = plan.upper.is_some(), "mounted on {}", plan.mountpoint.display());
+    Ok(session)
+}
+
+/// Serve until unmounted (`umount`, `fusermount3 -u`, `shalefs umount`, SIGTERM/SIGINT).
+pub fn serve(session: Session<ShaleFs>, plan: &MountPlan) -> anyhow::Result<()> {
+    session::serve(session, &plan.mountpoint)
+}
+
+/// Mount and serve in this process. `on_live` runs once the mount is live, before serving (a
+/// daemon tells its parent there).
+pub fn mount_and_serve(plan: &MountPlan, on_live: impl FnOnce()) -> anyhow::Result<()> {
+    let session = mount(plan)?;
+    on_live();
+    serve(session, plan)
+}
