@@ -395,7 +395,14 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
     // a second time.
     sys::set_umask(0);
     let union = build_union(&plan)?;
-    let fs = ShaleFs::new(union, cache_ttl(&plan), plan.passthrough);
+    let mut fs = ShaleFs::new(union, cache_ttl(&plan), plan.passthrough);
+    // A store container can be committed while mounted: its changes pass a gate a commit
+    // may close (`commit --pause`), asked for over a socket in its work directory.
+    let control = plan.upper.as_ref().filter(|_| plan.fsname.starts_with("shalefs:")).map(|u| crate::freeze::socket_path(&u.work));
+    let gate = crate::freeze::Gate::default();
+    if control.is_some() {
+        fs = fs.with_gate(gate.clone());
+    }
     let opts = SessionOptions {
         mountpoint: plan.mountpoint.clone(),
         fsname: plan.fsname.clone(),
@@ -403,6 +410,9 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
         flags: plan.flags.clone(),
     };
     let session = session::mount(fs, &opts)?;
+    if let Some(path) = &control {
+        crate::freeze::serve(path, gate)?;
+    }
     tracing::info!(
         lowers = plan.lowers.len(),
         upper = plan.upper.is_some(),

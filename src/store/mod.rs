@@ -17,6 +17,7 @@
 //! Everything becomes visible by a rename from `tmp/` or a `.tmp` sibling once complete, so a
 //! crash or a kill leaves either the old state or the new one.
 
+pub mod commit;
 pub mod container;
 pub mod gc;
 pub mod image;
