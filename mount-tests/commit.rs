@@ -501,8 +501,11 @@ fn committed_and_imported_images_list_inspect_remove_and_prune_like_pulled_ones(
     }
     let history = run_ok(shalefs(&store).args(["history", &imported]));
     assert!(history.contains("shalefs import") && history.contains("from zstd"), "{history}");
+    let imported_blob = top_blob(&store, &imported);
+    assert!(imported_blob.exists());
     let out = run_ok(shalefs(&store).arg("prune"));
     assert!(out.contains(&format!("Deleted image: {imported}")) && out.contains("Removed 1 images and 1 layers"), "{out}");
+    assert!(!imported_blob.exists(), "the removed layer's blob stayed");
     run_ok(shalefs(&store).args(["rmi", "localhost/child:2"]));
     assert!(listing(&store.join("layers")).is_empty(), "{:?}", listing(&store.join("layers")));
 }

@@ -33,13 +33,25 @@ pub fn socket_path(work: &Path) -> PathBuf {
     work.join("control.sock")
 }
 
+/// A socket address is at most 108 bytes, a store path may be longer: the socket is named
+/// through its directory's fd (`/proc/self/fd/N/NAME`), which the kernel resolves as any path.
+fn short_path(dir: &std::fs::File, name: &std::ffi::OsStr) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+fn open_parent(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Listen on `path` for freeze requests, on a thread of its own, for the life of the daemon.
 pub fn serve(path: &Path, gate: Gate) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     // Bound under a temporary name, made private, then renamed: never reachable by others.
     let tmp = path.with_extension(format!("sock.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let dir = open_parent(path).with_context(|| format!("opening the directory of {}", path.display()))?;
+    let listener = UnixListener::bind(short_path(&dir, tmp.file_name().unwrap_or_default())).with_context(|| format!("binding {}", tmp.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("placing {}", path.display()))?;
@@ -113,7 +125,12 @@ impl Drop for Frozen {
 /// daemon answers), so there is nothing to pause.
 pub fn freeze(work: &Path) -> anyhow::Result<Option<Frozen>> {
     let path = socket_path(work);
-    let mut conn = match UnixStream::connect(&path) {
+    let dir = match open_parent(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow!("opening {}: {e}", work.display())),
+    };
+    let mut conn = match UnixStream::connect(short_path(&dir, path.file_name().unwrap_or_default())) {
         Ok(c) => c,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => return Ok(None),
         Err(e) => return Err(anyhow!("connecting to the mount daemon at {}: {e}", path.display())),

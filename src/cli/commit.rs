@@ -63,6 +63,15 @@ pub fn run(args: CommitArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
     let source = store.pack_source(&c)?;
     let context = || format!("committing container {}", c.name);
     let frozen = if args.pause { crate::freeze::freeze(&store.container_work(&c.name)).with_context(context)? } else { None };
+    if args.pause
+        && frozen.is_none()
+        && let Some(mp) = super::containers::mountpoints_of(&c.name).first()
+    {
+        anyhow::bail!(
+            "container {} is mounted on {mp} but its daemon does not answer to pause it; unmount it or commit with --pause=false",
+            c.name
+        );
+    }
     let walker = Walker::open(&source).with_context(context)?;
     let ops = walker.ops().with_context(context)?;
     let layer = store

@@ -410,8 +410,11 @@ fn mount_and_serve(plan: MountPlan, is_daemon_child: bool) -> anyhow::Result<()>
         flags: plan.flags.clone(),
     };
     let session = session::mount(fs, &opts)?;
-    if let Some(path) = &control {
-        crate::freeze::serve(path, gate)?;
+    // Without it the mount still works; `commit --pause` then refuses a mounted container.
+    if let Some(path) = &control
+        && let Err(e) = crate::freeze::serve(path, gate)
+    {
+        tracing::warn!("no control socket for commit --pause: {e:#}");
     }
     tracing::info!(
         lowers = plan.lowers.len(),
