@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Map, Value, json};
@@ -115,6 +116,24 @@ impl Store {
         let mut tmp = self.tmp_layer("commit")?;
         let file = File::create(&tmp.blob).with_context(|| format!("creating {}", tmp.blob.display()))?;
         let sink = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Hasher::new() };
+        let mut encoder = Encoder::new(compression, sink)?;
+        // Three threads: this one walks and hashes the tar, one compresses (the slow part), one
+        // unpacks; each gets the tar in 1 MiB chunks.
+        let (chunks, received) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+        let compressor = std::thread::Builder::new()
+            .name("compress".into())
+            .spawn(move || -> anyhow::Result<(Digest, u64)> {
+                for chunk in received {
+                    encoder.write_all(&chunk).context("writing the layer blob")?;
+                }
+                let mut sink = encoder.finish().context("finishing the layer blob")?;
+                sink.flush().context("writing the layer blob")?;
+                let size = sink.hasher.bytes;
+                let digest = sink.hasher.clone().finish();
+                sink.inner.into_inner().map_err(|e| anyhow!("writing the layer blob: {}", e.error()))?.sync_all().context("writing the layer blob")?;
+                Ok((digest, size))
+            })
+            .context("starting the compressor")?;
         let (reader, writer) = io::pipe().context("making a pipe to the unpacker")?;
         let dir = tmp.dir.clone();
         let unpacker = std::thread::Builder::new()
@@ -125,22 +144,21 @@ impl Store {
                 Ok(stats)
             })
             .context("starting the unpacker")?;
-        let mut tee = Tee { diff: Hasher::new(), blob: Encoder::new(compression, sink)?, pipe: Some(writer) };
+        let mut tee = Tee { buf: Vec::with_capacity(CHUNK), diff: Hasher::new(), blob: Some(chunks), pipe: Some(writer) };
         let written = write(&mut tee).and_then(|()| tee.flush().context("writing the layer"));
-        let Tee { diff, blob, pipe } = tee;
-        drop(pipe);
+        let Tee { diff, blob, pipe, .. } = tee;
+        drop((blob, pipe));
         let unpacked = unpacker.join().map_err(|_| anyhow!("the unpacker panicked"))?;
-        // The unpacker's own failure (a full disk, say) explains a broken pipe on our side.
-        let stats = match (written, unpacked) {
-            (Ok(()), Ok(s)) => s,
-            (_, Err(e)) => return Err(e.context("unpacking the new layer")),
-            (Err(e), Ok(_)) => return Err(e),
+        let compressed = compressor.join().map_err(|_| anyhow!("the compressor panicked"))?;
+        // A failure of the unpacker or the compressor (a full disk, say) explains a broken
+        // pipe or channel on this side.
+        let (stats, (digest, compressed_size)) = match (written, unpacked, compressed) {
+            (Ok(()), Ok(s), Ok(c)) => (s, c),
+            (Err(e), _, _) if !stopped_downstream(&e) => return Err(e),
+            (_, Err(e), _) => return Err(e.context("unpacking the new layer")),
+            (_, _, Err(e)) => return Err(e),
+            (Err(e), _, _) => return Err(e),
         };
-        let mut sink = blob.finish().context("finishing the layer blob")?;
-        sink.flush().context("writing the layer blob")?;
-        let compressed_size = sink.hasher.bytes;
-        let digest = sink.hasher.clone().finish();
-        sink.inner.into_inner().map_err(|e| anyhow!("writing the layer blob: {}", e.error()))?.sync_all().context("writing the layer blob")?;
         let unpacked_size = diff.bytes;
         let info = LayerInfo {
             diff_id: diff.finish(),
@@ -413,24 +431,52 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// Where a layer tar's bytes go: the DiffID hash, the compressed blob, the unpacker.
-struct Tee<W: Write> {
+const CHUNK: usize = 1 << 20;
+const COMPRESSOR_STOPPED: &str = "the compressor stopped";
+
+/// Whether writing failed only because the unpacker or the compressor had stopped (whose own
+/// error then says why).
+fn stopped_downstream(e: &anyhow::Error) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<io::Error>()).any(|io| io.kind() == io::ErrorKind::BrokenPipe || io.to_string() == COMPRESSOR_STOPPED)
+}
+
+/// Where a layer tar's bytes go: the DiffID hash here, then in chunks to the compressor's
+/// thread and through the pipe to the unpacker.
+struct Tee {
+    buf: Vec<u8>,
     diff: Hasher,
-    blob: Encoder<W>,
+    blob: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
     pipe: Option<io::PipeWriter>,
 }
 
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.blob.write_all(buf)?;
-        if let Some(p) = &mut self.pipe {
-            p.write_all(buf)?;
+impl Tee {
+    fn ship(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let chunk = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        if let Some(b) = &self.blob {
+            b.send(chunk.clone()).map_err(|_| io::Error::other(COMPRESSOR_STOPPED))?;
+        }
+        if let Some(p) = &mut self.pipe {
+            p.write_all(&chunk)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.diff.update(buf);
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= CHUNK {
+            self.ship()?;
+        }
         Ok(buf.len())
     }
+    /// Hands on what is buffered; the blob is completed when the compressor's channel closes.
     fn flush(&mut self) -> io::Result<()> {
-        self.blob.flush()
+        self.ship()
     }
 }
 
