@@ -4,6 +4,7 @@
 
 mod chroot;
 mod cli;
+mod commit;
 mod deep_paths;
 mod differential;
 mod lifecycle;

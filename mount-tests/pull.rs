@@ -64,14 +64,14 @@ fn busybox() -> PathBuf {
 /// - `app`: base + a layer that deletes /etc/remove-me, adds a three-name hard link, an
 ///   absolute symlink and a set-uid file owned by 1000 + a raw GNU-tar layer that makes
 ///   /data/dir1 opaque (holding only `c`) and whites out /usr/share/doc.
-struct Fixture {
-    base: UmociImage,
-    app: UmociImage,
+pub(crate) struct Fixture {
+    pub(crate) base: UmociImage,
+    pub(crate) app: UmociImage,
     /// `umoci unpack` of app: the oracle for the merged view.
     oracle: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pull-fixture");

@@ -8,12 +8,15 @@
 //! - [`plan`]: the mount plan every mounting command goes through: checked, built, served;
 //! - [`cli`]: command-line parsing and one module per command;
 //! - [`store`]: the content-addressed image store and the pull pipeline;
-//! - [`registry`]: the OCI distribution client; [`archive`]: safe layer unpacking;
+//! - [`registry`]: the OCI distribution client; [`archive`]: safe layer unpacking, and packing
+//!   a container's upper (or a whole merged view, read through [`union::view`]) into a tar;
+//! - [`freeze`]: pausing a mount's changes while a commit reads its upper;
 //! - [`oci`]: digests, references, manifests, platforms, checked at the boundary;
 //! - [`sys`]: the raw system calls, and all `unsafe`.
 
 pub mod archive;
 pub mod cli;
+pub mod freeze;
 pub mod fuse;
 pub mod oci;
 pub mod plan;

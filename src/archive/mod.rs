@@ -2,6 +2,7 @@
 //! safe unpacker that turns an OCI layer tar into a directory in overlayfs format ([`unpack`]).
 
 pub mod compress;
+pub mod pack;
 pub mod unpack;
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! Command-line parsing and dispatch; one module per command.
 
+pub mod commit;
 pub mod containers;
+pub mod diff;
+pub mod export;
 pub mod images;
+pub mod import;
 pub mod logging;
 pub mod mount;
 pub mod program;
@@ -49,6 +53,14 @@ pub enum Command {
     Ps,
     /// Remove containers and their upper directories
     Rm(containers::RmArgs),
+    /// Show what a container changed (A/C/D lines)
+    Diff(diff::DiffArgs),
+    /// Make an image of a container's changes
+    Commit(commit::CommitArgs),
+    /// Write a container's merged tree as a tar
+    Export(export::ExportArgs),
+    /// Make a one-layer image of a rootfs tar
+    Import(import::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,5 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => images::prune(root),
         Command::Ps => containers::ps(root),
         Command::Rm(args) => containers::rm(args, root),
+        Command::Diff(args) => diff::run(args, root),
+        Command::Commit(args) => commit::run(args, root),
+        Command::Export(args) => export::run(args, root),
+        Command::Import(args) => import::run(args, root),
     }
 }

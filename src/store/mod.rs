@@ -2,21 +2,25 @@
 //!
 //! ```text
 //! lock                      flock held while image/tag/container records change
-//! blobs/sha256/<hex>        manifests and configs (and layer blobs only with --keep-blobs)
+//! blobs/sha256/<hex>        manifests and configs; layer blobs with --keep-blobs, and those of
+//!                           committed and imported images (kept for save and push)
 //! layers/<diffid-hex>/      one unpacked layer, overlayfs format, keyed by its DiffID;
 //!                           present only once fully unpacked and verified
 //! layers/<diffid-hex>.json  what the layer came from: blob digest, media type, sizes
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
-//! containers/<name>/        a mounted image's own upper/ and work/, and container.json
+//! containers/<name>/        a mounted image's own upper/ and work/, and container.json;
+//!                           work/control.sock while mounted (commit's pause, see `freeze`)
 //! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming) and
-//!                           unpacks in progress; nothing here is ever read as content
+//!                           unpacks and commits/imports in progress; nothing here is ever
+//!                           read as content
 //! locks/<hex>.lock          one download per digest, across processes
 //! ```
 //!
 //! Everything becomes visible by a rename from `tmp/` or a `.tmp` sibling once complete, so a
 //! crash or a kill leaves either the old state or the new one.
 
+pub mod commit;
 pub mod container;
 pub mod gc;
 pub mod image;
@@ -133,8 +137,12 @@ impl Store {
         }
     }
 
-    /// Remove a layer: renamed away first, so it is never seen half-deleted.
+    /// Remove a layer: renamed away first, so it is never seen half-deleted. Its kept blob
+    /// (a committed or imported layer's, or one pulled with --keep-blobs) goes with it.
     pub fn remove_layer(&self, diff_id: &Digest) -> anyhow::Result<()> {
+        if let Some(info) = self.layer_info(diff_id) {
+            let _ = std::fs::remove_file(self.blob_path(&info.digest));
+        }
         let dir = self.layer_dir(diff_id);
         let doomed = self.tmp_dir().join(format!("remove-{}-{}", diff_id.hex(), std::process::id()));
         match std::fs::rename(&dir, &doomed) {

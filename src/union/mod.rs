@@ -15,6 +15,7 @@
 //! - [`idmap`] — owners shifted between disk and kernel (uidmapping=/gidmapping=)
 //! - [`ino`] — inode numbers that are unique across filesystems (xino)
 //! - [`node`] — the node and handle tables
+//! - [`view`] — a read-only merged view walked by path, for diff, commit and export
 
 pub mod attr;
 pub mod copy_up;
@@ -28,6 +29,7 @@ pub mod node;
 pub mod readdir;
 pub mod whiteout;
 pub mod util;
+pub mod view;
 pub mod xattr;
 
 #[cfg(test)]
