@@ -1,13 +1,14 @@
 //! shalefs: container image layer stacks as one merged directory, through FUSE, with the
 //! semantics of kernel overlayfs.
 //!
-//! Dependencies run one way: `cli` → `fuse` → `union` → `sys`, and `cli` → `store` →
+//! Dependencies run one way: `cli` → `fuse` → `union` → `sys`, and `cli` → `transport` → `store` →
 //! `archive`/`registry` → `oci`.
 //! - [`union`]: the overlay rules on plain directories, testable without FUSE;
 //! - [`fuse`]: the thin `fuser::Filesystem` glue and the mount session;
 //! - [`cli`]: command-line parsing and one module per command;
 //! - [`store`]: the content-addressed image store and the pull pipeline;
 //! - [`registry`]: the OCI distribution client; [`archive`]: safe layer unpacking;
+//! - [`transport`]: save and load (docker-archive, oci-archive, OCI layout directories);
 //! - [`oci`]: digests, references, manifests, platforms, checked at the boundary;
 //! - [`sys`]: the raw system calls, and all `unsafe`.
 
@@ -18,4 +19,5 @@ pub mod oci;
 pub mod registry;
 pub mod store;
 pub mod sys;
+pub mod transport;
 pub mod union;
