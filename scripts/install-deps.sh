@@ -5,8 +5,9 @@
 #   attr, acl      setfattr/getfattr and setfacl/getfacl, used by tests to build layers independently of shalefs
 #   fuse-overlayfs the peer the benchmarks compare against
 #   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
+#   podman, runc   podman load/run of saved archives (save/load tests)
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl podman runc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
