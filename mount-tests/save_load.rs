@@ -164,18 +164,23 @@ fn load_of_skopeo_archives_layouts_and_a_hand_written_classic_archive_mounts_as_
     let oci_dir = dir.path().join("skopeo-oci");
     skopeo(&["copy", "--quiet", &src, &format!("oci:{}:app", oci_dir.display())]);
     let classic = classic_archive(&dir, &docker);
+    let legacy = legacy_archive(&dir);
     let gz = dir.path().join("skopeo-docker.tar.gz");
     run_ok(Command::new("sh").arg("-c").arg(format!("gzip -c {} > {}", docker.display(), gz.display())));
 
     let mut ids = Vec::new();
-    for (i, input) in [&docker, &oci_archive, &oci_dir, &classic, &gz].into_iter().enumerate() {
+    for (i, input) in [&docker, &oci_archive, &oci_dir, &classic, &gz, &legacy].into_iter().enumerate() {
         let store = dir.path().join(format!("store{i}"));
         let out = load_ok(&store, input);
         let line = out.lines().find(|l| l.starts_with("Loaded image")).unwrap_or_else(|| panic!("{out}"));
         let name = line.rsplit(' ').next().unwrap().to_string();
         assert_eq!(out.matches(": Loaded").count(), 3, "{out}");
-        let (id, _) = self::ids(&store, &name);
-        ids.push(id);
+        let (id, diffs) = self::ids(&store, &name);
+        assert_eq!(diffs.len(), 3);
+        // The legacy form has no config: one is made from its v1 JSON, so its id is its own.
+        if input != &legacy {
+            ids.push(id);
+        }
         assert_mount_matches(&store, &name, &f.oracle, &dir, &format!("l{i}"));
     }
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "image ids differ: {ids:?}");
@@ -212,6 +217,31 @@ fn classic_archive(dir: &TestDir, docker: &Path) -> PathBuf {
     std::fs::write(root.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     std::fs::write(root.join("repositories"), serde_json::to_vec(&serde_json::json!({"classic/app": {"old": last}})).unwrap()).unwrap();
     let out = dir.path().join("classic.tar");
+    run_ok(Command::new("tar").arg("-cf").arg(&out).arg("-C").arg(&root).arg("."));
+    out
+}
+
+/// The pre-1.10 form: no manifest.json; `repositories` names the top layer, each `<id>/json`
+/// its parent. Made from the classic archive's layers.
+fn legacy_archive(dir: &TestDir) -> PathBuf {
+    let classic = dir.path().join("classic");
+    let root = dir.mkdir("legacy");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(classic.join("manifest.json")).unwrap()).unwrap();
+    let mut parent: Option<String> = None;
+    for l in m[0]["Layers"].as_array().unwrap() {
+        let id = l.as_str().unwrap().trim_end_matches("/layer.tar").to_string();
+        std::fs::create_dir(root.join(&id)).unwrap();
+        std::fs::copy(classic.join(&id).join("layer.tar"), root.join(&id).join("layer.tar")).unwrap();
+        let mut v1 = serde_json::json!({"id": id, "created": "2020-01-01T00:00:00Z", "os": "linux", "architecture": "amd64",
+            "config": {"Cmd": ["/bin/sh"]}, "container_config": {"Cmd": ["/bin/sh", "-c", "#(nop) layer"]}});
+        if let Some(p) = &parent {
+            v1["parent"] = serde_json::json!(p);
+        }
+        std::fs::write(root.join(&id).join("json"), serde_json::to_vec(&v1).unwrap()).unwrap();
+        parent = Some(id);
+    }
+    std::fs::write(root.join("repositories"), serde_json::to_vec(&serde_json::json!({"legacy/app": {"v1": parent}})).unwrap()).unwrap();
+    let out = dir.path().join("legacy.tar");
     run_ok(Command::new("tar").arg("-cf").arg(&out).arg("-C").arg(&root).arg("."));
     out
 }

@@ -452,7 +452,13 @@ pub struct LayerExpect<'a> {
 /// stays in `tmp/` until committed. The caller has checked that the store lacks the layer.
 pub fn stage_layer<'a, S: Read>(store: &'a Store, blob: S, expect: &LayerExpect<'_>, max: u64) -> anyhow::Result<StagedLayer<'a>> {
     let lock = expect.diff_id.map(|d| store.lock_digest(d)).transpose()?;
-    let key = expect.diff_id.or(expect.blob.map(|b| b.0)).cloned().unwrap_or_else(|| Digest::of_bytes(b""));
+    // The unpack directory is named by the DiffID, or for a layer known by less, by a name of
+    // its own (two unknown layers of one load must not share a directory).
+    static UNKNOWN: AtomicUsize = AtomicUsize::new(0);
+    let key = match expect.diff_id {
+        Some(d) => d.clone(),
+        None => Digest::of_bytes(format!("unknown layer {}", UNKNOWN.fetch_add(1, Ordering::SeqCst)).as_bytes()),
+    };
     let dir = store.new_unpack_dir(&key)?;
     let mut staged = StagedLayer {
         store,
@@ -484,9 +490,9 @@ pub fn stage_layer<'a, S: Read>(store: &'a Store, blob: S, expect: &LayerExpect<
     {
         bail!("uncompressed layer has digest {}; the image config says {want}", tar.digest);
     }
-    if expect.diff_id.is_none() {
-        staged._lock = Some(store.lock_digest(&tar.digest)?);
-    }
+    // A layer whose DiffID was not known beforehand is not locked: the caller may hold that
+    // lock already (the same layer twice in one archive), and a commit that finds the layer
+    // committed by someone else keeps theirs.
     let media_type = expect.media_type.map(str::to_string).unwrap_or_else(|| {
         match compression {
             manifest::Compression::None => "application/vnd.oci.image.layer.v1.tar",

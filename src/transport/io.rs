@@ -286,3 +286,47 @@ impl Source for DirSource {
         Ok(Box::new(io::BufReader::with_capacity(256 << 10, f)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_paths_stay_inside() {
+        assert_eq!(clean_path("./blobs/sha256/ab").unwrap(), "blobs/sha256/ab");
+        assert_eq!(clean_path("/manifest.json").unwrap(), "manifest.json");
+        for bad in ["../x", "a/../../x", "", "./", "a\0b"] {
+            assert!(clean_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(resolve_dots("abc/../def/layer.tar").unwrap(), "def/layer.tar");
+        assert!(resolve_dots("abc/../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn a_tar_source_follows_links_between_entries_and_notices_truncation() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "a/layer.tar", &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "b/layer.tar", "../a/layer.tar").unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2000);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "big", &vec![1u8; 2000][..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.tar");
+        std::fs::write(&path, &bytes).unwrap();
+        let src = TarSource::open(File::open(&path).unwrap()).unwrap();
+        let mut got = String::new();
+        src.open("b/layer.tar").unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "abc");
+        std::fs::write(&path, &bytes[..1536 + 512]).unwrap();
+        let err = TarSource::open(File::open(&path).unwrap()).err().unwrap();
+        assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    }
+}
