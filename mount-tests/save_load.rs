@@ -259,6 +259,14 @@ fn a_pulled_image_saved_and_loaded_into_a_fresh_store_keeps_its_id_and_diff_ids(
         let said = load_ok(&fresh, &out);
         assert!(said.contains(&format!("Loaded image: {image}")), "{said}");
         assert_eq!(ids(&fresh, &image), before, "{format}");
+        // The manifest save wrote is the one recorded (the archive's own, by digest).
+        let saved_index = if format == "oci-dir" {
+            std::fs::read_to_string(out.join("index.json")).unwrap()
+        } else {
+            run_ok(Command::new("tar").arg("-xOf").arg(&out).arg("index.json"))
+        };
+        let manifest_digest = inspect(&fresh, &image)["ManifestDigest"].as_str().unwrap_or_default().to_string();
+        assert!(!manifest_digest.is_empty() && saved_index.contains(&manifest_digest), "{format}: {manifest_digest} not in {saved_index}");
         // And out again from the fresh store: the same bytes for each layer.
         let again = dir.path().join(format!("rt2-{format}"));
         let o = save(&fresh, &["--format", format, "-o", again.to_str().unwrap(), &image]);

@@ -55,7 +55,20 @@ pub fn read(src: &dyn Source) -> anyhow::Result<Vec<LoadImage>> {
     if entries.is_empty() {
         bail!("manifest.json lists no images");
     }
-    entries.into_iter().map(|e| image_of(src, e)).collect()
+    let mut images: Vec<LoadImage> = entries.into_iter().map(|e| image_of(src, e)).collect::<anyhow::Result<_>>()?;
+    // A Docker ≥ 25 archive also holds each image's OCI manifest: keep it (and so its digest)
+    // when it describes the same config and layer blobs.
+    if src.exists("index.json")
+        && let Ok(oci) = oci_layout::read(src)
+    {
+        for img in &mut images {
+            let same = oci.iter().find(|o| o.config == img.config && o.layers.iter().map(|l| &l.path).eq(img.layers.iter().map(|l| &l.path)));
+            if let Some(o) = same {
+                img.manifest = o.manifest.clone();
+            }
+        }
+    }
+    Ok(images)
 }
 
 fn image_of(src: &dyn Source, e: Entry) -> anyhow::Result<LoadImage> {
