@@ -13,15 +13,16 @@ use crate::util::registry::{Auth, Registry, listing, sha256_hex};
 use crate::util::tree::assert_same_content;
 use crate::util::{ShaleMount, TestDir, run, run_ok};
 
-/// A store holding the fixture's `app` image, pulled from a registry (3 layers).
-fn pulled_store(dir: &TestDir) -> (PathBuf, String) {
+/// A store holding the fixture's `app` image, pulled from a registry (3 layers); the registry
+/// runs while the returned guard lives.
+fn pulled_store(dir: &TestDir) -> (Registry, PathBuf, String) {
     let f = fixture();
     let reg = Registry::start(dir.path(), Auth::None);
     let image = format!("{}/test/app:1", reg.host());
     f.app.push(&image, &[]);
     let store = dir.path().join("store");
     run_ok(shalefs(&store).args(["pull", "-q", &image]));
-    (store, image)
+    (reg, store, image)
 }
 
 fn inspect(store: &Path, image: &str) -> serde_json::Value {
@@ -67,7 +68,7 @@ fn skopeo(args: &[&str]) -> String {
 #[test]
 fn save_in_each_format_is_read_by_skopeo_umoci_and_podman() {
     let dir = TestDir::new("save-formats");
-    let (store, image) = pulled_store(&dir);
+    let (_reg, store, image) = pulled_store(&dir);
     let (id, diffs) = ids(&store, &image);
     let mut oracles = Vec::new();
     for (format, transport) in [("docker-archive", "docker-archive"), ("oci-archive", "oci-archive"), ("oci-dir", "oci")] {
@@ -249,7 +250,7 @@ fn legacy_archive(dir: &TestDir) -> PathBuf {
 #[test]
 fn a_pulled_image_saved_and_loaded_into_a_fresh_store_keeps_its_id_and_diff_ids() {
     let dir = TestDir::new("save-roundtrip");
-    let (store, image) = pulled_store(&dir);
+    let (_reg, store, image) = pulled_store(&dir);
     let before = ids(&store, &image);
     for format in ["docker-archive", "oci-archive", "oci-dir"] {
         let out = dir.path().join(format!("rt-{format}"));
@@ -291,7 +292,7 @@ fn a_pulled_image_saved_and_loaded_into_a_fresh_store_keeps_its_id_and_diff_ids(
 #[test]
 fn a_layer_changed_behind_the_stores_back_is_refused_on_save() {
     let dir = TestDir::new("save-changed");
-    let (store, image) = pulled_store(&dir);
+    let (_reg, store, image) = pulled_store(&dir);
     let v = inspect(&store, &image);
     let base = v["LayerDirs"].as_array().unwrap().iter().map(|d| PathBuf::from(d.as_str().unwrap())).find(|d| d.join("etc/greeting").is_file()).unwrap();
     let out = dir.path().join("out.tar");
@@ -308,6 +309,29 @@ fn a_layer_changed_behind_the_stores_back_is_refused_on_save() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("etc/greeting") && err.contains("changed"), "{err}");
     assert!(!out.exists());
+}
+
+#[test]
+fn a_layer_without_a_tar_record_is_saved_from_its_kept_blob_or_refused_saying_to_pull_again() {
+    let dir = TestDir::new("save-no-record");
+    let (_reg, store, image) = pulled_store(&dir);
+    let (id, diffs) = ids(&store, &image);
+    let record = store.join("layers").join(format!("{}.tarsplit", diffs[0].trim_start_matches("sha256:")));
+    std::fs::remove_file(&record).unwrap();
+    let out = dir.path().join("out.tar");
+    let o = save(&store, &["-o", out.to_str().unwrap(), &image]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&diffs[0]) && err.contains("pull it again"), "{err}");
+    assert!(!out.exists());
+    // With the blobs kept, the tar comes from the blob, still checked against the DiffID.
+    let kept = dir.path().join("kept");
+    run_ok(shalefs(&kept).args(["pull", "-q", "--keep-blobs", &image]));
+    std::fs::remove_file(kept.join("layers").join(format!("{}.tarsplit", diffs[0].trim_start_matches("sha256:")))).unwrap();
+    let o = save(&kept, &["-o", out.to_str().unwrap(), &image]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fresh = dir.path().join("fresh");
+    load_ok(&fresh, &out);
+    assert_eq!(ids(&fresh, &image), (id, diffs));
 }
 
 /// The store's images, layers and tmp/: what a failed load must leave as it was.
