@@ -14,5 +14,6 @@ mod pjdfstest;
 mod power_cut;
 mod podman;
 mod pull;
+mod save_load;
 mod write_path;
 mod util;

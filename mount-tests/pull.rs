@@ -11,7 +11,7 @@ use crate::util::registry::{self, Auth, Proxy, ProxyBehaviour, Registry, UmociIm
 use crate::util::tree::assert_same_content;
 use crate::util::{ShaleMount, TestDir, Tree, run, run_ok, shalefs_bin};
 
-fn shalefs(store: &Path) -> Command {
+pub(crate) fn shalefs(store: &Path) -> Command {
     let mut c = Command::new(shalefs_bin());
     c.arg("--root")
         .arg(store)
@@ -68,7 +68,7 @@ pub(crate) struct Fixture {
     pub(crate) base: UmociImage,
     pub(crate) app: UmociImage,
     /// `umoci unpack` of app: the oracle for the merged view.
-    oracle: PathBuf,
+    pub oracle: PathBuf,
 }
 
 pub(crate) fn fixture() -> &'static Fixture {
@@ -122,7 +122,7 @@ pub(crate) fn fixture() -> &'static Fixture {
 
 /// A tree without what legitimately differs between a mount and an unpacked directory: the
 /// root's own attributes and directory link counts.
-fn comparable(root: &Path) -> Tree {
+pub(crate) fn comparable(root: &Path) -> Tree {
     let mut t = Tree::walk(root);
     t.entries.retain(|p, _| !p.is_empty() && p.as_slice() != b"/" && p.as_slice() != b".");
     for e in t.entries.values_mut() {

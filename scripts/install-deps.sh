@@ -6,7 +6,8 @@
 #   fuse-overlayfs the peer the benchmarks compare against
 #   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
 #   xfsprogs       xfs_io, whose shutdown cuts the power on the power-cut test's ext4
-#   podman, buildah, runc, uidmap  the mount-program tests (containers/storage calling shalefs, rootful and rootless)
+#   podman, buildah, runc, uidmap  the mount-program tests (containers/storage calling shalefs, rootful and
+#                  rootless) and podman load/run of saved archives
 set -euo pipefail
 packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl xfsprogs podman buildah runc uidmap)
 missing=()

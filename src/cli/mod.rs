@@ -6,11 +6,13 @@ pub mod diff;
 pub mod export;
 pub mod images;
 pub mod import;
+pub mod load;
 pub mod logging;
 pub mod mount;
 pub mod program;
 pub mod progress;
 pub mod pull;
+pub mod save;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,10 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Pull an image from a registry into the store
     Pull(pull::PullArgs),
+    /// Write images to an archive (docker-archive, oci-archive) or an OCI layout directory
+    Save(save::SaveArgs),
+    /// Read images from an archive or OCI layout into the store
+    Load(load::LoadArgs),
     /// List the images in the store
     Images(images::ImagesArgs),
     /// Show an image's details as JSON
@@ -70,6 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
         Command::Pull(args) => pull::run(args, root),
+        Command::Save(args) => save::run(args, root),
+        Command::Load(args) => load::run(args, root),
         Command::Images(args) => images::images(args, root),
         Command::Inspect(args) => images::inspect(args, root),
         Command::History(args) => images::history(args, root),
