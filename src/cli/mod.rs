@@ -7,6 +7,7 @@ pub mod mount;
 pub mod mount_opts;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Pull an image from a registry into the store
     Pull(pull::PullArgs),
+    /// Push an image from the store to a registry
+    Push(push::PushArgs),
     /// List the images in the store
     Images(images::ImagesArgs),
     /// Show an image's details as JSON
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
         Command::Pull(args) => pull::run(args, root),
+        Command::Push(args) => push::run(args, root),
         Command::Images(args) => images::images(args, root),
         Command::Inspect(args) => images::inspect(args, root),
         Command::History(args) => images::history(args, root),

@@ -8,6 +8,8 @@
 //! layers/<diffid-hex>.json  what the layer came from: blob digest, media type, sizes
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
+//! sources.json              blob digest → the registry repositories known to hold it
+//!                           (recorded by pull and push; push mounts from them)
 //! containers/<name>/        a mounted image's own upper/ and work/, and container.json
 //! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming) and
 //!                           unpacks in progress; nothing here is ever read as content
@@ -21,6 +23,7 @@ pub mod container;
 pub mod gc;
 pub mod image;
 pub mod pull;
+pub mod push;
 
 use std::fs::File;
 use std::io::Write;
@@ -33,7 +36,7 @@ use crate::oci::Digest;
 use crate::sys;
 
 pub use container::Container;
-pub use image::{ImageRecord, LayerInfo, Repositories};
+pub use image::{BlobSources, ImageRecord, LayerInfo, Repositories};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/shalefs";
 
