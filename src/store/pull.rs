@@ -21,6 +21,7 @@ use anyhow::{Context, anyhow, bail};
 use super::image::{ImageLayer, ImageRecord, LayerInfo, TagEntry};
 use super::Store;
 use crate::archive::compress::{Decompressor, LimitedReader};
+use crate::archive::tarsplit::Recorder;
 use crate::archive::unpack::{self, Limits};
 use crate::oci::digest::{HashingReader, Hasher};
 use crate::oci::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, MAX_CONFIG_BYTES};
@@ -316,17 +317,17 @@ impl Fetcher<'_> {
         };
 
         let dir = store.new_unpack_dir(diff_id).map_err(other)?;
-        let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
+        let result = unpack_stream(store, source, compression, &dir, opts.max_layer_size);
         let Unpacked { blob, tar, implicit_dirs } = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = super::remove_tree(&dir);
+                store.discard_unpack(&dir);
                 return Err(classify(e));
             }
         };
         obs.event(Event::Verifying(i));
         let fail = |why: String| {
-            let _ = super::remove_tree(&dir);
+            store.discard_unpack(&dir);
             // The whole blob arrived and is wrong: resuming from it would only repeat the error.
             let _ = std::fs::remove_file(&partial_path);
             other(anyhow!(why))
@@ -348,7 +349,7 @@ impl Fetcher<'_> {
         };
         if let Err(e) = store.commit_layer(&dir, &info) {
             // A full disk can stop even this last step: leave nothing of the layer behind.
-            let _ = super::remove_tree(&dir);
+            store.discard_unpack(&dir);
             let _ = std::fs::remove_file(&partial_path);
             return Err(other(e));
         }
@@ -375,13 +376,13 @@ struct Unpacked {
     implicit_dirs: Vec<String>,
 }
 
-/// Decompress, hash and unpack; then read both streams to their ends so that the digests
-/// cover every byte.
-fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<Unpacked> {
+/// Decompress, hash and unpack, recording the tar for its exact rebuild; then read both
+/// streams to their ends so that the digests cover every byte.
+fn unpack_stream(store: &Store, source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<Unpacked> {
     let decompressor = Decompressor::new(compression, BufReader::with_capacity(256 << 10, source)).context("starting decompression")?;
     let tar = HashingReader::new(LimitedReader::new(decompressor, max));
-    let (stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
-    io::copy(&mut tar, &mut io::sink()).context("reading the end of the layer tar")?;
+    let record = Recorder::create(&store.unpack_record_path(dir), &store.unpack_stash_path(dir))?;
+    let (stats, mut tar) = unpack::unpack_recorded(tar, dir, Limits::default(), record)?;
     let tar_bytes = tar.hasher.bytes;
     let tar_digest = std::mem::take(&mut tar.hasher).finish();
     let mut blob = tar.inner.inner.into_inner();
