@@ -11,7 +11,7 @@ use crate::util::registry::{self, Auth, Proxy, ProxyBehaviour, Registry, UmociIm
 use crate::util::tree::assert_same_content;
 use crate::util::{ShaleMount, TestDir, Tree, run, run_ok, shalefs_bin};
 
-fn shalefs(store: &Path) -> Command {
+pub(crate) fn shalefs(store: &Path) -> Command {
     let mut c = Command::new(shalefs_bin());
     c.arg("--root")
         .arg(store)
@@ -25,7 +25,7 @@ fn pull(store: &Path, reference: &str, extra: &[&str]) -> Output {
     run(shalefs(store).arg("pull").args(extra).arg(reference))
 }
 
-fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
+pub(crate) fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
     let out = pull(store, reference, extra);
     assert!(out.status.success(), "pull {reference} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -42,7 +42,7 @@ fn layer_count(store: &Path) -> usize {
 }
 
 /// Incompressible bytes, so a blob is as big as its content.
-fn random_bytes(n: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e3779b97f4a7c15;
     (0..n)
         .map(|_| {
@@ -64,14 +64,14 @@ fn busybox() -> PathBuf {
 /// - `app`: base + a layer that deletes /etc/remove-me, adds a three-name hard link, an
 ///   absolute symlink and a set-uid file owned by 1000 + a raw GNU-tar layer that makes
 ///   /data/dir1 opaque (holding only `c`) and whites out /usr/share/doc.
-struct Fixture {
-    base: UmociImage,
-    app: UmociImage,
+pub(crate) struct Fixture {
+    pub(crate) base: UmociImage,
+    pub(crate) app: UmociImage,
     /// `umoci unpack` of app: the oracle for the merged view.
-    oracle: PathBuf,
+    pub(crate) oracle: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pull-fixture");
@@ -122,7 +122,7 @@ fn fixture() -> &'static Fixture {
 
 /// A tree without what legitimately differs between a mount and an unpacked directory: the
 /// root's own attributes and directory link counts.
-fn comparable(root: &Path) -> Tree {
+pub(crate) fn comparable(root: &Path) -> Tree {
     let mut t = Tree::walk(root);
     t.entries.retain(|p, _| !p.is_empty() && p.as_slice() != b"/" && p.as_slice() != b".");
     for e in t.entries.values_mut() {

@@ -65,6 +65,9 @@ pub fn run(args: PushArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
         Some(_) => "the push destination".to_string(),
         None => format!("{} is not a registry reference: give a DESTINATION", args.image),
     })?;
+    if dest.digest.is_some() {
+        anyhow::bail!("{dest}: a push destination takes a tag, not a digest");
+    }
     let creds = args.creds.as_deref().map(Credentials::parse).transpose()?;
     let conf = RegistriesConfig::load(args.registries_conf.as_deref())?;
     let client = Client::new(conf, args.insecure, creds);
@@ -107,13 +110,14 @@ pub fn run(args: PushArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
     );
     if result.recompressed > 0 {
         println!(
-            "{} layers compressed again with {}: new blob digests and manifest digest, the same DiffIDs and image id {}",
+            "{} layers compressed again with {}: new blob digests, the same DiffIDs and image id {}",
             result.recompressed,
             args.compression.name(),
             result.image
         );
-    } else if !result.original_manifest {
-        println!("The manifest was written anew in the asked format: a new manifest digest, the same blobs and image id {}", result.image);
+    }
+    if !result.original_manifest {
+        println!("The manifest was written anew (the stored one is {}): the same config and image id", result.stored_manifest);
     }
     Ok(())
 }

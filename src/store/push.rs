@@ -13,7 +13,7 @@
 //! manifest written anew, with the same config, so the same image id and DiffIDs.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -76,6 +76,7 @@ pub struct PushResult {
     pub image: Digest,
     /// Whether the stored manifest went as it was (so its digest is the pulled one).
     pub original_manifest: bool,
+    pub stored_manifest: Digest,
     pub existing: usize,
     pub mounted: usize,
     pub uploaded: usize,
@@ -127,6 +128,7 @@ pub fn push(store: &Store, client: &Client, name: &str, dest: &Reference, opts: 
         manifest_size: 0,
         image: id.clone(),
         original_manifest: false,
+        stored_manifest: rec.manifest_digest.clone(),
         existing: 0,
         mounted: 0,
         uploaded: 0,
@@ -411,7 +413,7 @@ impl Drop for MadeBlob {
 
 /// Compress the layer's exact tar (its DiffID checked as it streams) into a file in `tmp/`.
 fn compress_layer(store: &Store, diff_id: &Digest, compression: Compression) -> anyhow::Result<MadeBlob> {
-    let mut tar = layer_tar(store, diff_id)?;
+    let mut tar = store.layer_tar(diff_id)?;
     let path = store.tmp_dir().join(format!("push-{}-{}.blob", diff_id.hex(), std::process::id()));
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut made = MadeBlob { path, digest: Digest::of_bytes(b""), size: 0 };
@@ -439,11 +441,6 @@ fn compress_layer(store: &Store, diff_id: &Digest, compression: Compression) -> 
     made.size = hasher.bytes;
     made.digest = hasher.finish();
     Ok(made)
-}
-
-/// The layer's original uncompressed tar, rebuilt from the store.
-fn layer_tar(_store: &Store, diff_id: &Digest) -> anyhow::Result<Box<dyn Read + Send>> {
-    bail!("the registry lacks its blob and the store keeps none (pull with --keep-blobs); rebuilding the tar of layer {diff_id} is not available yet")
 }
 
 /// Record what the push left in the registry: the blobs (for later mounts and HEADs), the
