@@ -124,7 +124,22 @@ fn a_pulled_image_pushed_back_sends_only_heads_and_the_manifest_and_to_another_r
     // The registry serves the copy whole: pulled into a fresh store, it has the same image id.
     let fresh = dir.path().join("fresh");
     pull_ok(&fresh, &copy, &[]);
-    assert_eq!(inspect(&fresh, &copy)["Id"], inspect(&store, &image)["Id"]);
+    let id = inspect(&store, &image)["Id"].as_str().unwrap().to_string();
+    assert_eq!(inspect(&fresh, &copy)["Id"], id.as_str());
+
+    // Mirrors are for pulls: one listed for this registry sees nothing of a push.
+    let mirror = Proxy::start(reg.port, ProxyBehaviour::default());
+    let conf = dir.path().join("registries.json");
+    std::fs::write(&conf, format!(r#"{{"mirrors": {{"{}": ["http://{}"]}}}}"#, proxy.host(), mirror.host())).unwrap();
+    push_ok(&store, &["--registries-conf", conf.to_str().unwrap(), &image]);
+    assert!(mirror.log().is_empty(), "the push went to a mirror: {:?}", mirror.log());
+    // An image id names no repository to push to.
+    let err = push_err(&store, &[&id[7..19]]);
+    assert!(err.contains("is an image id") && err.contains("give a DESTINATION"), "{err}");
+    // On a terminal, a bar per layer (indicatif's drawing), as for pull.
+    let cmd = format!("{} --root {} push {image}", crate::util::shalefs_bin(), store.display());
+    let out = run_ok(std::process::Command::new("script").args(["-q", "-e", "-c", &cmd, "/dev/null"]).env("TERM", "xterm"));
+    assert!(out.contains("Layer already exists") && out.contains("\u{1b}["), "{out:?}");
 }
 
 /// Token auth (the pull tests' token endpoint): anonymous pull works, an anonymous push is

@@ -83,8 +83,12 @@ pub fn run(args: PushArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
         chunk_size: args.chunk_size,
         jobs: args.jobs,
     };
-    // A name the store does not know is an error before anything is said about the push.
-    store.resolve_image(&args.image)?;
+    // A name the store does not know is an error before anything is said about the push; an
+    // image id (which would parse as a Docker Hub name) needs a destination.
+    let id = store.resolve_image(&args.image)?;
+    if args.destination.is_none() && store.load_repositories()?.lookup(&dest) != Some(&id) {
+        anyhow::bail!("{} is an image id, not a name it was pulled or tagged as: give a DESTINATION", args.image);
+    }
     let progress = Progress::new(args.quiet);
     if !args.quiet {
         println!("The push refers to repository [{}]", dest.name());

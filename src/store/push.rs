@@ -245,7 +245,7 @@ impl Job<'_> {
                 return Ok((as_stored, Outcome::Uploaded(stored.size)));
             }
         self.obs.event(Event::Compressing(i));
-        let made = compress_layer(self.store, diff_id, self.opts.compression)?;
+        let made = compress_layer(self.store, i, diff_id, self.opts.compression)?;
         let desc = Descriptor {
             media_type: layer_media_type(self.format, self.opts.compression).to_string(),
             digest: made.digest.clone(),
@@ -411,10 +411,12 @@ impl Drop for MadeBlob {
     }
 }
 
-/// Compress the layer's exact tar (its DiffID checked as it streams) into a file in `tmp/`.
-fn compress_layer(store: &Store, diff_id: &Digest, compression: Compression) -> anyhow::Result<MadeBlob> {
+/// Compress the layer's exact tar (its DiffID checked as it streams) into a file in `tmp/`,
+/// named by the layer's place in the image (a layer may appear twice) and ending in our pid,
+/// so that `prune` removes what a killed push left.
+fn compress_layer(store: &Store, i: usize, diff_id: &Digest, compression: Compression) -> anyhow::Result<MadeBlob> {
     let mut tar = store.layer_tar(diff_id)?;
-    let path = store.tmp_dir().join(format!("push-{}-{}.blob", diff_id.hex(), std::process::id()));
+    let path = store.tmp_dir().join(format!("push-{}-{i}-{}", diff_id.hex(), std::process::id()));
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut made = MadeBlob { path, digest: Digest::of_bytes(b""), size: 0 };
     let out = HashingWriter { inner: BufWriter::with_capacity(256 << 10, file), hasher: Hasher::new() };
