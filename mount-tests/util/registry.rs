@@ -235,9 +235,7 @@ fn serve_one(
         let lower = line.to_ascii_lowercase();
         if head.is_empty() {
             record = line.trim_end().to_string();
-        } else if lower.starts_with("range:") {
-            record.push_str(&format!(" [{}]", line.trim_end()));
-        } else if lower.starts_with("content-range:") {
+        } else if lower.starts_with("range:") || lower.starts_with("content-range:") {
             record.push_str(&format!(" [{}]", line.trim_end()));
         } else if lower.starts_with("authorization:") {
             record.push_str(" [auth]");

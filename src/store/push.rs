@@ -110,7 +110,7 @@ pub fn push(store: &Store, client: &Client, name: &str, dest: &Reference, opts: 
     }
     let stored_format = format_of(&original);
     let format = opts.format.unwrap_or(stored_format);
-    if format == Format::V2s2 && (opts.compression == Compression::Zstd || original.layers.iter().any(|l| is_zstd(l))) {
+    if format == Format::V2s2 && (opts.compression == Compression::Zstd || original.layers.iter().any(is_zstd)) {
         bail!("zstd layers have no Docker v2 schema 2 media type: push with --format oci");
     }
     let sources = store.load_sources()?;
@@ -239,7 +239,7 @@ impl Job<'_> {
         }
         let kept = self.store.blob_path(&stored.digest);
         if let Ok(file) = File::open(&kept)
-            && file.metadata().map(|m| m.len()) .ok() == Some(stored.size) {
+            && file.metadata().map(|m| m.len()).ok() == Some(stored.size) {
                 self.upload(i, &as_stored, &file, session)?;
                 self.obs.event(Event::Pushed(i, None));
                 return Ok((as_stored, Outcome::Uploaded(stored.size)));
