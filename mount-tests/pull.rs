@@ -68,7 +68,7 @@ pub(crate) struct Fixture {
     pub(crate) base: UmociImage,
     pub(crate) app: UmociImage,
     /// `umoci unpack` of app: the oracle for the merged view.
-    pub(crate) oracle: PathBuf,
+    oracle: PathBuf,
 }
 
 pub(crate) fn fixture() -> &'static Fixture {
