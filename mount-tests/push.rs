@@ -87,6 +87,31 @@ fn push_to_a_new_registry_compresses_layers_again_and_pulls_back_by_digest_as_th
     assert_eq!(reqs.iter().filter(|l| l.starts_with("HEAD ") && l.contains("/blobs/sha256:")).count(), 4, "{reqs:?}");
     assert_eq!(reqs.iter().filter(|l| l.starts_with("PUT ") && l.contains("/manifests/v1")).count(), 1, "{reqs:?}");
     assert_eq!(reqs.len(), 5, "more than a HEAD per blob and the manifest: {reqs:?}");
+    // To another repository there: the blobs the first push made are mounted, not made again.
+    let before = proxy.log().len();
+    let other = format!("{}/mirror/other:v1", proxy.host());
+    let out = push_ok(&store, &[&image, &other]);
+    assert_eq!(digest_line(&out), digest, "{out}");
+    assert_eq!(out.matches("Mounted from mirror/app").count(), 3, "{out}");
+    assert!(!requests(&proxy, before).iter().any(|l| l.starts_with("PATCH ") || (l.starts_with("PUT ") && l.contains("/blobs/"))), "{:?}", requests(&proxy, before));
+    // --format v2s2: the same blobs under Docker's media types, a new manifest, the same image.
+    let docker = format!("{}/mirror/docker:v1", proxy.host());
+    let out = push_ok(&store, &["--format", "v2s2", &image, &docker]);
+    assert!(out.contains("The manifest was written anew"), "{out}");
+    let raw: serde_json::Value = serde_json::from_str(&run_ok(
+        std::process::Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{docker}")),
+    ))
+    .unwrap();
+    assert_eq!(raw["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(raw["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
+    assert_eq!(raw["config"]["digest"], a["Id"]);
+    // --compression zstd: layers compressed again as zstd, which pull reads back.
+    let zst = format!("{}/mirror/zstd:v1", dst.host());
+    let out = push_ok(&store, &["--compression", "zstd", &image, &zst]);
+    assert!(out.contains("3 layers compressed again with zstd"), "{out}");
+    let zfresh = dir.path().join("zfresh");
+    pull_ok(&zfresh, &zst, &[]);
+    assert_eq!(inspect(&zfresh, &zst)["RootFS"], a["RootFS"]);
     assert!(listing(&store.join("tmp")).is_empty(), "left in tmp: {:?}", listing(&store.join("tmp")));
 }
 

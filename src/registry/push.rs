@@ -127,6 +127,11 @@ impl RepoClient<'_> {
                     tracing::info!("blob {}: {why}; asking the registry where the upload stands", up.digest);
                     report(UploadEvent::Resuming(&why));
                     std::thread::sleep(Duration::from_millis(250 << resumes));
+                    // The last request may have completed the upload before its answer was lost.
+                    if self.has_blob(up.digest).unwrap_or(false) {
+                        report(UploadEvent::Sent(up.size));
+                        return Ok(());
+                    }
                     (session, offset) = match self.upload_status(&session) {
                         Ok((s, at)) if at <= up.size && up.size > up.chunk_size => (s, at),
                         Ok((s, _)) => (s, 0),

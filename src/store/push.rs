@@ -237,6 +237,20 @@ impl Job<'_> {
                 Err(e) => tracing::info!("mounting {} from {from}: {e:#}; uploading instead", as_stored.digest),
             }
         }
+        // A blob of this layer compressed as we would compress it, in another repository here.
+        if let Some((desc, from)) = self.recompressed_elsewhere(diff_id, &as_stored.digest)
+            && let Ok(Mount::Mounted) = self.repo.mount_blob(&desc.digest, &from).inspect(|m| {
+                if let Mount::Session(s) = m {
+                    self.repo.cancel_upload(s);
+                }
+            })
+        {
+            if let Some(s) = session.take() {
+                self.repo.cancel_upload(&s);
+            }
+            self.obs.event(Event::Mounted(i, &from));
+            return Ok((desc, Outcome::Mounted));
+        }
         let kept = self.store.blob_path(&stored.digest);
         if let Ok(file) = File::open(&kept)
             && file.metadata().map(|m| m.len()).ok() == Some(stored.size) {
@@ -300,22 +314,41 @@ impl Job<'_> {
         known.repos.iter().find_map(|name| other_repo_of(name, self.dest))
     }
 
+    /// The blobs of this layer in the compression a push would make (from earlier pushes, or
+    /// pulled so), each with the repositories known to hold it.
+    fn known_blobs(&self, diff_id: &Digest) -> Vec<(Descriptor, &[String])> {
+        self.sources
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.diff_id.as_ref() == Some(diff_id))
+            .filter_map(|(digest, b)| {
+                let desc = Descriptor {
+                    media_type: b.media_type.clone(),
+                    digest: Digest::parse(digest).ok()?,
+                    size: b.size,
+                    platform: None,
+                    annotations: Default::default(),
+                    urls: vec![],
+                };
+                let compression = manifest::layer_compression(&desc).ok()?;
+                (compression == self.opts.compression)
+                    .then(|| (Descriptor { media_type: layer_media_type(self.format, compression).to_string(), ..desc }, b.repos.as_slice()))
+            })
+            .collect()
+    }
+
     /// A blob an earlier push compressed this layer into, known to be in the destination.
     fn recompressed_in_dest(&self, diff_id: &Digest) -> Option<Descriptor> {
         let dest = self.dest.name();
-        self.sources.blobs.iter().find_map(|(digest, b)| {
-            let desc = Descriptor {
-                media_type: b.media_type.clone(),
-                digest: Digest::parse(digest).ok()?,
-                size: b.size,
-                platform: None,
-                annotations: Default::default(),
-                urls: vec![],
-            };
-            let compression = manifest::layer_compression(&desc).ok()?;
-            let wanted = b.diff_id.as_ref() == Some(diff_id) && compression == self.opts.compression && b.repos.contains(&dest);
-            wanted.then(|| Descriptor { media_type: layer_media_type(self.format, compression).to_string(), ..desc })
-        })
+        self.known_blobs(diff_id).into_iter().find(|(_, repos)| repos.contains(&dest)).map(|(d, _)| d)
+    }
+
+    /// Such a blob in another repository of the destination's registry, to mount.
+    fn recompressed_elsewhere(&self, diff_id: &Digest, except: &Digest) -> Option<(Descriptor, String)> {
+        self.known_blobs(diff_id)
+            .into_iter()
+            .filter(|(d, _)| &d.digest != except)
+            .find_map(|(d, repos)| repos.iter().find_map(|n| other_repo_of(n, self.dest)).map(|from| (d, from)))
     }
 }
 
