@@ -15,5 +15,6 @@ mod power_cut;
 mod podman;
 mod pull;
 mod save_load;
+mod push;
 mod write_path;
 mod util;

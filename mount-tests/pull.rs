@@ -25,7 +25,7 @@ fn pull(store: &Path, reference: &str, extra: &[&str]) -> Output {
     run(shalefs(store).arg("pull").args(extra).arg(reference))
 }
 
-fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
+pub(crate) fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
     let out = pull(store, reference, extra);
     assert!(out.status.success(), "pull {reference} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -42,7 +42,7 @@ fn layer_count(store: &Path) -> usize {
 }
 
 /// Incompressible bytes, so a blob is as big as its content.
-fn random_bytes(n: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x9e3779b97f4a7c15;
     (0..n)
         .map(|_| {

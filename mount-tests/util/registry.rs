@@ -112,6 +112,9 @@ pub struct ProxyBehaviour {
     pub retry_after_secs: Option<u64>,
     /// Answer blob GETs with a 307 to the same path on this port of 127.0.0.1 (another origin).
     pub redirect_blobs_to: Option<u16>,
+    /// Close the connection of the Nth blob upload PATCH (from 1) without forwarding it, as a
+    /// connection dropped mid-upload: the registry keeps what the earlier chunks brought.
+    pub drop_patch: Option<usize>,
 }
 
 /// A loopback TCP server a test runs: each connection goes to `handle` (on a thread of its own
@@ -176,11 +179,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: u16, behaviour: ProxyBehaviour) -> Proxy {
-        let (cut_done, served) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let (cut_done, served, patches) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let seen = arrivals.clone();
         let server = TestServer::start(true, move |client, log| {
-            let _ = serve_one(client, upstream, log, &behaviour, &cut_done, &served, &seen);
+            let counters = Counters { cut: &cut_done, served: &served, patches: &patches };
+            let _ = serve_one(client, upstream, log, &behaviour, &counters, &seen);
         });
         Proxy { port: server.port, server, arrivals }
     }
@@ -199,15 +203,22 @@ impl Proxy {
     }
 }
 
+/// What a proxy counts across connections.
+struct Counters<'a> {
+    cut: &'a AtomicUsize,
+    served: &'a AtomicUsize,
+    patches: &'a AtomicUsize,
+}
+
 fn serve_one(
     client: TcpStream,
     upstream: u16,
     log: &Mutex<Vec<String>>,
     b: &ProxyBehaviour,
-    cut: &AtomicUsize,
-    served: &AtomicUsize,
+    counters: &Counters<'_>,
     arrivals: &Mutex<Vec<std::time::Instant>>,
 ) -> std::io::Result<()> {
+    let (cut, served) = (counters.cut, counters.served);
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
     let mut line = String::new();
@@ -224,7 +235,7 @@ fn serve_one(
         let lower = line.to_ascii_lowercase();
         if head.is_empty() {
             record = line.trim_end().to_string();
-        } else if lower.starts_with("range:") {
+        } else if lower.starts_with("range:") || lower.starts_with("content-range:") {
             record.push_str(&format!(" [{}]", line.trim_end()));
         } else if lower.starts_with("authorization:") {
             record.push_str(" [auth]");
@@ -244,6 +255,9 @@ fn serve_one(
         a.push(std::time::Instant::now());
     }
     let mut client = client;
+    if record.starts_with("PATCH ") && b.drop_patch == Some(counters.patches.fetch_add(1, Ordering::SeqCst) + 1) {
+        return client.shutdown(std::net::Shutdown::Both);
+    }
     let nth = served.fetch_add(1, Ordering::SeqCst);
     if b.always_503 || nth < b.fail_first {
         let too_many = nth % 2 == 1 && !b.always_503;

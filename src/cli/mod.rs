@@ -13,6 +13,7 @@ pub mod program;
 pub mod progress;
 pub mod pull;
 pub mod save;
+pub mod push;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ pub enum Command {
     Save(save::SaveArgs),
     /// Read images from an archive or OCI layout into the store
     Load(load::LoadArgs),
+    /// Push an image from the store to a registry
+    Push(push::PushArgs),
     /// List the images in the store
     Images(images::ImagesArgs),
     /// Show an image's details as JSON
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => pull::run(args, root),
         Command::Save(args) => save::run(args, root),
         Command::Load(args) => load::run(args, root),
+        Command::Push(args) => push::run(args, root),
         Command::Images(args) => images::images(args, root),
         Command::Inspect(args) => images::inspect(args, root),
         Command::History(args) => images::history(args, root),

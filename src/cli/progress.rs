@@ -1,5 +1,5 @@
-//! Pull progress: a bar per layer on a terminal (bytes, rate, ETA); plain lines per state
-//! change and a periodic total otherwise; nothing with `--quiet`.
+//! Pull and push progress: a bar per layer on a terminal (bytes, rate, ETA); plain lines per
+//! state change and a periodic total otherwise; nothing with `--quiet`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::oci::Digest;
 use crate::store::pull::{Event, Observer};
+use crate::store::push;
 
 pub enum Progress {
     Quiet,
@@ -85,7 +86,49 @@ impl Observer for Progress {
     }
 }
 
+impl push::Observer for Progress {
+    fn event(&self, e: push::Event<'_>) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Bars(b) => {
+                let Ok(mut b) = b.lock() else { return };
+                b.push_event(e);
+            }
+            Progress::Lines(l) => {
+                let Ok(mut l) = l.lock() else { return };
+                l.push_event(e);
+            }
+        }
+    }
+}
+
 impl Bars {
+    fn push_event(&mut self, e: push::Event<'_>) {
+        use push::Event as P;
+        match e {
+            P::Layers(layers) => self.event(Event::Layers(layers)),
+            P::Exists(i) => self.finish(i, "Layer already exists"),
+            P::Mounted(i, from) => {
+                if let Some(bar) = self.bars.get(i) {
+                    bar.set_style(ProgressStyle::with_template("{prefix}: {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                    bar.finish_with_message(format!("Mounted from {from}"));
+                }
+            }
+            P::Compressing(i) => self.message(i, "Compressing"),
+            P::Started(i, at, size) => {
+                if let Some(bar) = self.bars.get(i) {
+                    bar.set_length(size);
+                    bar.set_position(at);
+                    bar.reset_eta();
+                }
+                self.message(i, if at > 0 { "Resuming" } else { "Pushing" });
+            }
+            P::Progress(i, n) => self.event(Event::Progress(i, n)),
+            P::Retrying(i, _) => self.message(i, "Retrying"),
+            P::Pushed(i, _) => self.finish(i, "Pushed"),
+        }
+    }
+
     fn event(&mut self, e: Event<'_>) {
         match e {
             Event::Layers(layers) => {
@@ -139,6 +182,37 @@ impl Bars {
 }
 
 impl Lines {
+    fn push_event(&mut self, e: push::Event<'_>) {
+        use push::Event as P;
+        let short = |layers: &[(Digest, u64)], i: usize| layers.get(i).map(|(d, _)| d.short().to_string()).unwrap_or_default();
+        match e {
+            P::Layers(layers) => self.event(Event::Layers(layers)),
+            P::Exists(i) => line(&format!("{}: Layer already exists", short(&self.layers, i))),
+            P::Mounted(i, from) => line(&format!("{}: Mounted from {from}", short(&self.layers, i))),
+            P::Compressing(i) => line(&format!("{}: Compressing again", short(&self.layers, i))),
+            P::Started(i, 0, size) => {
+                if let Some(l) = self.layers.get_mut(i) {
+                    l.1 = size;
+                }
+                line(&format!("{}: Pushing ({})", short(&self.layers, i), mib(size)));
+            }
+            P::Started(i, at, _) => line(&format!("{}: Resuming at byte {at}", short(&self.layers, i))),
+            P::Progress(i, n) => {
+                if let Some(d) = self.done.get_mut(i) {
+                    *d = n;
+                }
+                if self.last_total.elapsed() >= Duration::from_secs(5) {
+                    self.last_total = Instant::now();
+                    let total: u64 = self.layers.iter().map(|l| l.1).sum();
+                    line(&format!("Pushed {} of {}", mib(self.done.iter().sum()), mib(total)));
+                }
+            }
+            P::Retrying(i, why) => line(&format!("{}: Retrying after: {why}", short(&self.layers, i))),
+            P::Pushed(i, None) => line(&format!("{}: Pushed", short(&self.layers, i))),
+            P::Pushed(i, Some(d)) => line(&format!("{}: Pushed as {d} (compressed again)", short(&self.layers, i))),
+        }
+    }
+
     fn event(&mut self, e: Event<'_>) {
         let short = |layers: &[(Digest, u64)], i: usize| layers.get(i).map(|(d, _)| d.short().to_string()).unwrap_or_default();
         match e {

@@ -3,6 +3,7 @@
 //! Redirects are followed by hand so that credentials never go to another host (blob
 //! downloads are usually redirected to a storage service). 429 and 5xx answers and dropped
 //! connections are retried with backoff; a mirror gets one short try and then the next source.
+//! Push (`push.rs`) goes through the same requests, to the origin only, with a push scope.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -49,6 +50,8 @@ pub struct RepoClient<'a> {
     client: &'a Client,
     endpoints: Vec<Endpoint>,
     repo: String,
+    /// The token scopes asked for, space-separated (`repository:NAME:pull`, and for a push
+    /// `repository:NAME:pull,push` plus pull on each repository a blob may be mounted from).
     scope: String,
 }
 
@@ -56,6 +59,15 @@ pub struct RepoClient<'a> {
 pub struct BlobStream {
     pub reader: Box<dyn Read + Send + Sync>,
     pub start: u64,
+}
+
+/// One request as `send_to` makes it.
+struct Request<'a> {
+    method: &'a str,
+    url: &'a str,
+    headers: &'a [(&'a str, String)],
+    body: Option<&'a [u8]>,
+    retry: bool,
 }
 
 /// An error from one source; from a mirror, the next source is tried.
@@ -108,6 +120,22 @@ impl Client {
         };
         endpoints.push(Endpoint { base: format!("{}://{host}", self.scheme_for(&host)), host, mirror: false, creds });
         Ok(RepoClient { client: self, endpoints, repo: r.repository.clone(), scope: format!("repository:{}:pull", r.repository) })
+    }
+
+    /// A client for pushing to one repository: the registry itself (never a mirror), with a
+    /// token scope of pull and push there and pull on each repository of `mount_from`.
+    pub fn repo_for_push(&self, r: &Reference, mount_from: &[String]) -> anyhow::Result<RepoClient<'_>> {
+        let host = r.api_host().to_string();
+        let creds = match &self.creds {
+            Some(c) => Some(c.clone()),
+            None => auth::stored_credentials(&r.registry)?,
+        };
+        let endpoint = Endpoint { base: format!("{}://{host}", self.scheme_for(&host)), host, mirror: false, creds };
+        let mut scope = format!("repository:{}:pull,push", r.repository);
+        for from in mount_from.iter().filter(|f| **f != r.repository) {
+            scope.push_str(&format!(" repository:{from}:pull"));
+        }
+        Ok(RepoClient { client: self, endpoints: vec![endpoint], repo: r.repository.clone(), scope })
     }
 }
 
@@ -169,7 +197,8 @@ impl RepoClient<'_> {
     fn send(&self, method: &str, path: &str, headers: &[(&str, String)]) -> anyhow::Result<ureq::Response> {
         let mut last = None;
         for ep in &self.endpoints {
-            match self.send_to(ep, method, path, headers) {
+            let url = format!("{}/v2/{}/{}", ep.base, self.repo, path);
+            match self.send_to(ep, &Request { method, url: &url, headers, body: None, retry: true }) {
                 Ok(resp) => return Ok(resp),
                 Err(SourceError { err }) if ep.mirror => {
                     tracing::warn!("mirror {}: {err:#}; trying the next source", ep.base);
@@ -181,25 +210,61 @@ impl RepoClient<'_> {
         Err(last.unwrap_or_else(|| anyhow!("no registry to ask")))
     }
 
-    fn send_to(&self, ep: &Endpoint, method: &str, path: &str, headers: &[(&str, String)]) -> Result<ureq::Response, SourceError> {
-        let url = format!("{}/v2/{}/{}", ep.base, self.repo, path);
+    /// A request to the registry itself (not a mirror), for push: `target` is a path under
+    /// this repository (`blobs/uploads/`), or an upload URL the registry gave in a Location
+    /// header (absolute, or absolute-path on the registry's host). Without `retry`, a dropped
+    /// connection or a 5xx is returned at once, for the caller to ask where an upload stands.
+    pub(super) fn send_origin(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+        retry: bool,
+    ) -> anyhow::Result<ureq::Response> {
+        let ep = self.endpoints.iter().rfind(|e| !e.mirror).ok_or_else(|| anyhow!("no registry to ask"))?;
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_string()
+        } else if target.starts_with('/') {
+            format!("{}{target}", ep.base)
+        } else {
+            format!("{}/v2/{}/{}", ep.base, self.repo, target)
+        };
+        if origin_of(&url) != origin_of(&format!("{}/", ep.base)) {
+            // Upload URLs elsewhere would get our credentials; registries keep them on their host.
+            bail!("{method} {url}: the registry sent an upload location on another host");
+        }
+        self.send_to(ep, &Request { method, url: &url, headers, body, retry }).map_err(|e| e.err)
+    }
+
+    /// The repository this client speaks to, without the registry.
+    pub fn repository(&self) -> &str {
+        &self.repo
+    }
+
+    fn send_to(&self, ep: &Endpoint, r: &Request<'_>) -> Result<ureq::Response, SourceError> {
+        let (method, url, headers) = (r.method, r.url, r.headers);
         let agent = if ep.mirror { &self.client.mirror_agent } else { &self.client.agent };
-        let attempts = if ep.mirror { 1 } else { ATTEMPTS };
+        let attempts = if ep.mirror || !r.retry { 1 } else { ATTEMPTS };
         let fail = |err: anyhow::Error| SourceError { err };
         let mut authenticated = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = agent.request(method, &url);
+            let mut req = agent.request(method, url);
             for (k, v) in headers {
                 req = req.set(k, v);
             }
             if let Some(a) = self.auth_header(ep).map_err(fail)? {
                 req = req.set("Authorization", &a);
             }
-            let wait = match req.call() {
-                Ok(resp) if (300..400).contains(&resp.status()) => {
-                    return self.follow_redirect(ep, agent, &url, resp, method, headers).map_err(fail);
+            let sent = match r.body {
+                Some(body) => req.send_bytes(body),
+                None => req.call(),
+            };
+            let wait = match sent {
+                Ok(resp) if (300..400).contains(&resp.status()) && matches!(method, "GET" | "HEAD") => {
+                    return self.follow_redirect(ep, agent, url, resp, method, headers).map_err(fail);
                 }
                 Ok(resp) => return Ok(resp),
                 Err(ureq::Error::Status(401, resp)) if !authenticated => {
@@ -213,15 +278,17 @@ impl RepoClient<'_> {
                     retry_after(&resp).unwrap_or_else(|| backoff(attempt))
                 }
                 Err(ureq::Error::Status(code, resp)) => {
-                    return Err(fail(status_error(method, &url, code, resp, ep)));
+                    return Err(fail(status_error(method, url, code, resp, ep)));
                 }
                 Err(ureq::Error::Transport(t)) if attempt < attempts => {
-                    tracing::debug!("{method} {url}: {t}; retrying");
+                    tracing::debug!("{method} {}: {t}; retrying", shown_url(url));
                     backoff(attempt)
                 }
-                Err(ureq::Error::Transport(t)) => return Err(fail(anyhow!("{method} {url}: {t}"))),
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(fail(anyhow::Error::new(TransportError(format!("{method} {}: {t}", shown_url(url))))));
+                }
             };
-            tracing::info!("{method} {url}: retrying in {:?}", wait);
+            tracing::info!("{method} {}: retrying in {:?}", shown_url(url), wait);
             std::thread::sleep(wait);
         }
     }
@@ -295,7 +362,7 @@ impl RepoClient<'_> {
         }
     }
 
-    /// A bearer token for this repository's pull scope: cached, else refreshed with a refresh
+    /// A bearer token for this client's scopes: cached, else refreshed with a refresh
     /// token, else fetched (anonymously, or with basic credentials).
     fn token(&self, ep: &Endpoint, realm: &str, service: &str) -> anyhow::Result<String> {
         let key = (realm.to_string(), service.to_string(), self.scope.clone());
@@ -320,7 +387,10 @@ impl RepoClient<'_> {
     }
 
     fn fetch_token(&self, ep: &Endpoint, realm: &str, service: &str) -> anyhow::Result<TokenReply> {
-        let mut req = self.client.agent.get(realm).query("scope", &self.scope);
+        let mut req = self.client.agent.get(realm);
+        for scope in self.scope.split(' ') {
+            req = req.query("scope", scope);
+        }
         if !service.is_empty() {
             req = req.query("service", service);
         }
@@ -373,10 +443,49 @@ fn status_error(method: &str, url: &str, code: u16, resp: ureq::Response, ep: &E
         404 => " (not found)".to_string(),
         _ => String::new(),
     };
-    anyhow!("{method} {url}: HTTP {code}{hint}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") })
+    let url = shown_url(url);
+    let text = format!("{method} {url}: HTTP {code}{hint}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") });
+    anyhow::Error::new(StatusError { code, text })
 }
 
-fn read_bounded(resp: ureq::Response, max: u64) -> anyhow::Result<Vec<u8>> {
+/// A registry's error answer: its status code (for callers that act on it) and the message.
+#[derive(Debug)]
+pub struct StatusError {
+    pub code: u16,
+    text: String,
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// A request that got no answer (refused or dropped connection, timeout).
+#[derive(Debug)]
+pub struct TransportError(String);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// The HTTP status of a registry error, if it was one.
+pub fn status_of(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<StatusError>().map(|s| s.code)
+}
+
+/// A URL as errors show it: without the query, where upload URLs carry long state tokens.
+fn shown_url(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+pub(super) fn read_bounded(resp: ureq::Response, max: u64) -> anyhow::Result<Vec<u8>> {
     if let Some(len) = resp.header("Content-Length").and_then(|l| l.parse::<u64>().ok())
         && len > max {
             bail!("{len} bytes is larger than the {max}-byte limit");

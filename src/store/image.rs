@@ -110,7 +110,66 @@ impl Repositories {
     }
 }
 
+/// `sources.json`: what the store knows of where blobs are in registries, recorded by pull and
+/// push, so a push can mount a blob from another repository of the same registry instead of
+/// uploading it, and find the blob an earlier push compressed a layer into.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BlobSources {
+    /// Blob digest → what it is and where it is.
+    #[serde(default)]
+    pub blobs: BTreeMap<String, KnownBlob>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KnownBlob {
+    pub media_type: String,
+    pub size: u64,
+    /// The layer it holds, by DiffID; none for a config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<Digest>,
+    /// `registry/repository` names known to hold it.
+    #[serde(default)]
+    pub repos: Vec<String>,
+}
+
+impl BlobSources {
+    /// Note that `repo` (`registry/repository`) holds these blobs: (digest, media type, size, DiffID).
+    pub fn note(&mut self, repo: &str, blobs: &[(Digest, String, u64, Option<Digest>)]) {
+        for (digest, media_type, size, diff_id) in blobs {
+            let entry = self.blobs.entry(digest.to_string()).or_insert_with(|| KnownBlob {
+                media_type: media_type.clone(),
+                size: *size,
+                diff_id: diff_id.clone(),
+                repos: Vec::new(),
+            });
+            if !entry.repos.iter().any(|r| r == repo) {
+                entry.repos.push(repo.to_string());
+            }
+        }
+    }
+}
+
 impl Store {
+    pub fn load_sources(&self) -> anyhow::Result<BlobSources> {
+        let path = self.root.join("sources.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BlobSources::default()),
+            Err(e) => Err(anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Record where blobs are, under the records lock (the caller holds it).
+    pub fn note_sources(&self, repo: &str, blobs: &[(Digest, String, u64, Option<Digest>)]) -> anyhow::Result<()> {
+        let mut sources = self.load_sources()?;
+        let before = sources.blobs.values().map(|b| b.repos.len()).sum::<usize>() + sources.blobs.len();
+        sources.note(repo, blobs);
+        if sources.blobs.values().map(|b| b.repos.len()).sum::<usize>() + sources.blobs.len() != before {
+            write_atomic(&self.root.join("sources.json"), &serde_json::to_vec_pretty(&sources)?)?;
+        }
+        Ok(())
+    }
+
     pub fn save_image(&self, rec: &ImageRecord) -> anyhow::Result<()> {
         let path = self.root.join("images").join(format!("{}.json", rec.id.hex()));
         write_atomic(&path, &serde_json::to_vec_pretty(rec)?)

@@ -19,6 +19,8 @@
 //!                           unpacks in progress with their tar records (unpack-*, tarsplit-*,
 //!                           stash-*), commits/imports in progress, and load's spooled archives
 //!                           (load-spool-*); nothing here is ever read as content
+//! sources.json              blob digest → the registry repositories known to hold it
+//!                           (recorded by pull and push; push mounts from them)
 //! locks/<hex>.lock          one download per digest, across processes
 //! ```
 //!
@@ -31,6 +33,7 @@ pub mod gc;
 pub mod image;
 pub mod layer_tar;
 pub mod pull;
+pub mod push;
 
 use std::fs::File;
 use std::io::Write;
@@ -43,7 +46,7 @@ use crate::oci::Digest;
 use crate::sys;
 
 pub use container::Container;
-pub use image::{ImageRecord, LayerInfo, Repositories};
+pub use image::{BlobSources, ImageRecord, LayerInfo, Repositories};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/shalefs";
 

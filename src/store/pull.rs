@@ -117,6 +117,13 @@ pub fn pull(store: &Store, repo: &RepoClient<'_>, r: &Reference, opts: &PullOpti
     store.put_blob(&manifest_digest, &manifest_bytes)?;
     store.put_blob(&manifest.config.digest, &config_bytes)?;
     record_image(store, r, &record, &top_digest, &manifest_digest)?;
+    let mut blobs: Vec<_> = record.layers.iter().map(|l| (l.digest.clone(), l.media_type.clone(), l.size, Some(l.diff_id.clone()))).collect();
+    blobs.push((manifest.config.digest.clone(), manifest.config.media_type.clone(), manifest.config.size, None));
+    {
+        // Where the blobs came from, for a later push to mount them from here.
+        let _lock = store.lock_records()?;
+        store.note_sources(&r.name(), &blobs)?;
+    }
     Ok(PullResult { image: record.id, digest: top_digest, up_to_date: false, fetched_layers, fetched_bytes })
 }
 
