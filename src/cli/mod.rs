@@ -6,6 +6,7 @@ pub mod logging;
 pub mod mount;
 pub mod progress;
 pub mod pull;
+pub mod run;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -44,7 +45,30 @@ pub enum Command {
     Ps,
     /// Remove containers and their upper directories
     Rm(containers::RmArgs),
+    /// Run a command in a new container of an image (or in an existing one), as docker run
+    Run(run::RunArgs),
+    /// The container side of `run` (started by it, not by hand)
+    #[command(name = "run-init", hide = true)]
+    RunInit,
 }
+
+/// An exit code a command chooses (`run` passes on its command's), with what to print first.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(m) => f.write_str(m),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Exit {}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root;
@@ -60,5 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => images::prune(root),
         Command::Ps => containers::ps(root),
         Command::Rm(args) => containers::rm(args, root),
+        Command::Run(args) => run::run(args, root),
+        Command::RunInit => run::init(),
     }
 }

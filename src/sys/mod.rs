@@ -2,6 +2,8 @@
 //! `unsafe` or a raw errno. Everything here returns [`Errno`], the errno the kernel gave, so the
 //! union layer can hand the exact error back to the caller of the filesystem.
 
+pub mod process;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::io;
