@@ -9,5 +9,6 @@ mod merged_view;
 mod metacopy;
 mod pjdfstest;
 mod pull;
+mod run;
 mod write_path;
 mod util;

@@ -2,7 +2,7 @@
 //! (/proc, /sys, /dev, /etc/resolv.conf, /etc/hosts) that the image and the upper lack, made in
 //! a small directory mounted as the top lower, so that nothing is written to the upper for them
 //! and `diff`/`commit` never see them. A directory it must hold on the way (/etc) takes the
-//! attributes the merged tree gives it, so the merged view is unchanged.
+//! attributes the merged tree gives it, and so does its root, so the merged view is unchanged.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -64,11 +64,15 @@ pub fn build(dir: &Path, lowers: &[PathBuf]) -> anyhow::Result<bool> {
         }
         any = true;
     }
-    // Parents last: the files made in them changed their times.
+    // Parents last: the files made in them changed their times. The root, as the top layer
+    // with a directory, gives the merged root its attributes too.
     for parent in ["etc"] {
         if let (Some(st), true) = (probe(&union, parent), dir.join(parent).is_dir()) {
             copy_attributes(&dir.join(parent), &st)?;
         }
+    }
+    if let Ok(st) = union.getattr(ROOT_INO, None) {
+        copy_attributes(dir, &st)?;
     }
     Ok(any)
 }

@@ -1,8 +1,8 @@
 //! `USER[:GROUP]` resolved as docker (runc's GetExecUser) does, through the image's own
 //! /etc/passwd and /etc/group: names are looked up, numbers are taken as they are (and looked up
-//! for a home and primary group when the passwd file has them); without an explicit group the
-//! supplementary groups are those that list the user as a member. Pure parsing: the helper
-//! reads the files inside the container's root.
+//! for a home and primary group when the passwd file has them). The supplementary groups are the
+//! primary one and, without an explicit group, those that list the user as a member. Pure
+//! parsing: the helper reads the files inside the container's root.
 
 use anyhow::bail;
 
@@ -74,6 +74,9 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> anyhow:
             }
         }
     }
+    // The primary group leads the supplementary list, as docker (containerd) sets it.
+    groups.retain(|&g| g != gid);
+    groups.insert(0, gid);
     let home = if home.is_empty() { "/".to_string() } else { home };
     Ok(ExecUser { uid, gid, groups, home })
 }
@@ -91,8 +94,8 @@ mod tests {
 
     #[test]
     fn names_resolve_with_home_and_supplementary_groups() {
-        assert_eq!(r("app").unwrap(), ExecUser { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/app".into() });
-        assert_eq!(r("").unwrap(), ExecUser { uid: 0, gid: 0, groups: vec![10], home: "/root".into() });
+        assert_eq!(r("app").unwrap(), ExecUser { uid: 1000, gid: 1000, groups: vec![1000, 10, 29], home: "/home/app".into() });
+        assert_eq!(r("").unwrap(), ExecUser { uid: 0, gid: 0, groups: vec![0, 10], home: "/root".into() });
         // A number in the passwd file gets that entry's group and home.
         assert_eq!(r("1000").unwrap().home, "/home/app");
         assert_eq!(r("nohome").unwrap().home, "/");
@@ -100,9 +103,9 @@ mod tests {
 
     #[test]
     fn numbers_are_taken_as_they_are_and_explicit_groups_drop_supplementary_ones() {
-        assert_eq!(r("4242").unwrap(), ExecUser { uid: 4242, gid: 0, groups: vec![], home: "/".into() });
+        assert_eq!(r("4242").unwrap(), ExecUser { uid: 4242, gid: 0, groups: vec![0], home: "/".into() });
         assert_eq!(r("4242:77").unwrap().gid, 77);
-        assert_eq!(r("app:audio").unwrap(), ExecUser { uid: 1000, gid: 29, groups: vec![], home: "/home/app".into() });
+        assert_eq!(r("app:audio").unwrap(), ExecUser { uid: 1000, gid: 29, groups: vec![29], home: "/home/app".into() });
         assert_eq!(resolve("5", None, None).unwrap().uid, 5);
     }
 
