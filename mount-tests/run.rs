@@ -43,7 +43,7 @@ fn fixture() -> &'static Fixture {
                 std::fs::create_dir_all(root.join(d)).unwrap();
             }
             std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
-            for applet in ["sh", "ls", "cat", "echo", "id", "sleep", "env", "pwd", "hostname", "stat", "test", "touch", "tty", "stty", "ps", "grep", "readlink", "tr"] {
+            for applet in ["sh", "ls", "cat", "echo", "id", "sleep", "env", "pwd", "hostname", "stat", "test", "touch", "tty", "stty", "ps", "grep", "readlink", "tr", "["] {
                 std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
             }
             std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n").unwrap();
@@ -283,7 +283,7 @@ fn a_user_name_resolves_through_the_images_passwd_and_group() {
 #[test]
 fn sigterm_sent_to_shalefs_reaches_the_command() {
     let _guard = ContainerGuard("run-sigterm");
-    let mut r = Running::start(&["--rm", "--name", "run-sigterm", &image("base"), "sh", "-c", "trap 'exit 42' TERM; touch /ready; while true; do sleep 0.05; done"]);
+    let mut r = Running::start(&["--rm", "--name", "run-sigterm", &image("base"), "sh", "-c", "trap 'exit 42' TERM; touch /ready; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; exit 9"]);
     let ready = fixture().store.join("containers/run-sigterm/upper/ready");
     r.wait_for(|| ready.exists(), "the command to set its trap");
     r.kill(libc::SIGTERM);
@@ -333,6 +333,9 @@ fn rm_removes_the_container_and_without_it_run_container_sees_the_earlier_change
     assert!(stderr(&again).contains("in use"), "{}", stderr(&again));
     let rm = run(shalefs().args(["rm", "run-keep"]));
     assert!(!rm.status.success() && stderr(&rm).contains("in use"), "{}", stderr(&rm));
+    let dir = TestDir::new("run-busy");
+    let mount = run(shalefs().args(["mount", "--container", "run-keep"]).arg(dir.mkdir("mnt")));
+    assert!(!mount.status.success() && stderr(&mount).contains("in use"), "{}", stderr(&mount));
     r.kill(libc::SIGKILL);
     r.wait();
     run_ok(shalefs().args(["rm", "run-keep"]));
@@ -386,4 +389,69 @@ fn the_container_has_proc_sys_dev_its_hostname_its_namespaces_and_is_pid_1() {
         assert_ne!(theirs[i], ns_of(&format!("/proc/self/ns/{n}")), "{n} namespace shared with the host");
     }
     assert_eq!(theirs[4], ns_of("/proc/self/ns/net"), "the host network is kept");
+}
+
+fn set_window(fd: &std::os::fd::OwnedFd, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+#[test]
+fn with_t_a_sigwinch_passes_the_new_window_size_on() {
+    let _guard = ContainerGuard("run-winch");
+    // shalefs' terminal is a pty of this test's, 20×70; then it becomes 40×120 and shalefs gets
+    // the SIGWINCH a terminal emulator would send.
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    set_window(&pty.master, 20, 70);
+    let slave = || Stdio::from(pty.slave.try_clone().expect("dup"));
+    let child = shalefs()
+        .args(["run", "--rm", "-t", "--name", "run-winch", &image("base"), "sh", "-c", "trap 'stty size; exit 3' WINCH; stty size; touch /ready; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; exit 9"])
+        .stdin(slave())
+        .stdout(slave())
+        .stderr(slave())
+        .spawn()
+        .expect("start shalefs run");
+    let mut r = Running(Some(child));
+    let mut output = std::fs::File::from(pty.master.try_clone().expect("dup"));
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut output, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&all).contains("40 120") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let ready = fixture().store.join("containers/run-winch/upper/ready");
+    r.wait_for(|| ready.exists(), "the command to set its trap");
+    set_window(&pty.master, 40, 120);
+    r.kill(libc::SIGWINCH);
+    assert_eq!(r.wait().code(), Some(3));
+    drop(pty.slave);
+    let text = reader.join().expect("reader").replace("\r\n", "\n");
+    assert!(text.contains("20 70\n") && text.contains("40 120\n"), "{text:?}");
+}
+
+#[test]
+fn stdin_reaches_the_command_only_with_i_and_read_only_keeps_the_root_unwritten() {
+    let img = image("base");
+    let with_i = run(Command::new("sh").arg("-c").arg(format!(
+        "echo piped | {} --root {} run --rm -i {img} cat; echo piped | {} --root {} run --rm {img} cat; echo end",
+        shalefs_bin(),
+        fixture().store.display(),
+        shalefs_bin(),
+        fixture().store.display()
+    )));
+    assert_eq!(stdout(&with_i), "piped\nend\n", "{}", stderr(&with_i));
+    let _guard = ContainerGuard("run-ro");
+    let out = run_out(&["--name", "run-ro", "--read-only", &img, "sh", "-c", "touch /x 2>/dev/null || echo root-ro; touch /dev/shm/y && echo shm-rw"]);
+    assert_eq!(out, "root-ro\nshm-rw\n");
+    assert_eq!(listing(&fixture().store.join("containers/run-ro/upper")), Vec::<String>::new());
 }
