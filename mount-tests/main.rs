@@ -16,5 +16,6 @@ mod podman;
 mod pull;
 mod save_load;
 mod push;
+mod run;
 mod write_path;
 mod util;

@@ -7,6 +7,7 @@
 //! - [`fuse`]: the thin `fuser::Filesystem` glue and the mount session;
 //! - [`plan`]: the mount plan every mounting command goes through: checked, built, served;
 //! - [`cli`]: command-line parsing and one module per command;
+//! - [`run`]: a command in a container: namespaces, /proc and /dev, user lookup, signals, pty;
 //! - [`store`]: the content-addressed image store and the pull pipeline;
 //! - [`registry`]: the OCI distribution client; [`archive`]: safe layer unpacking, and packing
 //!   a container's upper (or a whole merged view, read through [`union::view`]) into a tar;
@@ -22,6 +23,7 @@ pub mod fuse;
 pub mod oci;
 pub mod plan;
 pub mod registry;
+pub mod run;
 pub mod store;
 pub mod sys;
 pub mod transport;

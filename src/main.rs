@@ -8,9 +8,17 @@ fn main() -> ExitCode {
     let cli = shalefs::cli::Cli::parse();
     match shalefs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shalefs: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<shalefs::cli::Exit>() {
+            Some(exit) => {
+                if let Some(m) = &exit.message {
+                    eprintln!("shalefs: {m}");
+                }
+                ExitCode::from(exit.code)
+            }
+            None => {
+                eprintln!("shalefs: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

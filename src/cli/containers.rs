@@ -100,6 +100,9 @@ pub fn rm(args: RmArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
         if !mounted.is_empty() {
             bail!("container {name} is mounted on {}: unmount it first", mounted.join(", "));
         }
+        if store.container_running(name) {
+            bail!("container {name} is in use by `shalefs run`: let the command end first");
+        }
         store.remove_container(name)?;
         println!("{name}");
     }

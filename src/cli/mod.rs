@@ -14,6 +14,7 @@ pub mod progress;
 pub mod pull;
 pub mod save;
 pub mod push;
+pub mod run;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -70,7 +71,30 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Make a one-layer image of a rootfs tar
     Import(import::ImportArgs),
+    /// Run a command in a new container of an image (or in an existing one), as docker run
+    Run(run::RunArgs),
+    /// The container side of `run` (started by it, not by hand)
+    #[command(name = "run-init", hide = true)]
+    RunInit,
 }
+
+/// An exit code a command chooses (`run` passes on its command's), with what to print first.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(m) => f.write_str(m),
+            None => write!(f, "exit status {}", self.code),
+        }
+    }
+}
+
+impl std::error::Error for Exit {}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root;
@@ -94,5 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Commit(args) => commit::run(args, root),
         Command::Export(args) => export::run(args, root),
         Command::Import(args) => import::run(args, root),
+        Command::Run(args) => run::run(args, root),
+        Command::RunInit => run::init(),
     }
 }

@@ -154,7 +154,11 @@ fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) 
     if let Some(mp) = mounted.pop() {
         anyhow::bail!("container {name} is already mounted on {mp}");
     }
-    let c = container_layers(&open_store(root)?, name)?;
+    let store = open_store(root)?;
+    if store.container_running(name) {
+        anyhow::bail!("container {name} is in use by `shalefs run`");
+    }
+    let c = container_layers(&store, name)?;
     Ok(Source { lowers: c.lowers, upper: Some((c.upper, c.work)), fsname: Some(c.fsname) })
 }
 

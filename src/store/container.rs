@@ -33,6 +33,37 @@ impl Store {
         self.container_dir(name).join("work")
     }
 
+    /// `run`'s init layer of a container: the mount points the image lacks.
+    pub fn container_init(&self, name: &str) -> PathBuf {
+        self.container_dir(name).join("init")
+    }
+
+    /// Where `run` mounts a container (in its own mount namespace only), made when missing.
+    pub fn container_rootfs(&self, name: &str) -> PathBuf {
+        self.container_dir(name).join("rootfs")
+    }
+
+    /// Held while `run` uses a container: a second `run` of it is refused, and so is `rm`.
+    pub fn lock_container_run(&self, name: &str) -> anyhow::Result<super::Lock> {
+        self.load_container(name)?;
+        let path = self.container_dir(name).join("run.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        if crate::sys::try_flock(std::os::fd::AsFd::as_fd(&file), true).is_err() {
+            bail!("container {name} is in use by another `shalefs run`");
+        }
+        std::fs::create_dir_all(self.container_rootfs(name)).with_context(|| format!("creating {}", self.container_rootfs(name).display()))?;
+        Ok(super::Lock { _file: file })
+    }
+
+    /// Whether a `run` holds the container now.
+    pub fn container_running(&self, name: &str) -> bool {
+        let path = self.container_dir(name).join("run.lock");
+        match std::fs::File::open(&path) {
+            Ok(f) => crate::sys::try_flock(std::os::fd::AsFd::as_fd(&f), false).is_err(),
+            Err(_) => false,
+        }
+    }
+
     /// Create a container's record and empty upper and work directories (the caller holds the
     /// records lock).
     pub fn create_container(&self, c: &Container) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@ mod deep;
 pub use deep::{forget_deep_dirs, keep_deep_dirs};
 use deep::{Base, PATH_LIMIT, dir_changed, near};
 
+pub mod process;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::io;
