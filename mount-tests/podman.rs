@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{TestDir, run, shalefs_bin};
+use crate::util::{TestDir, run, run_ok, shalefs_bin};
 
 fn e2e_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-tests/podman/e2e.sh")
@@ -163,6 +163,15 @@ fn mount_program_form_mounts_live_shifts_owners_and_warns_about_unknown_options(
     assert_eq!((up.uid(), up.gid()), (1, 2));
     let err = std::os::unix::fs::chown(merged.join("f"), Some(5), None).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    // POSIX ACL entries are ids too: written through the mount they land unshifted, and read
+    // back shifted (getfacl -n: numeric ids).
+    assert!(run(Command::new("setfacl").args(["-m", "u:100005:r,g:100006:r"]).arg(merged.join("f"))).status.success());
+    let on_disk = run_ok(Command::new("getfacl").args(["-n", "-c"]).arg(upper.join("f")));
+    assert!(on_disk.contains("user:5:r--") && on_disk.contains("group:6:r--"), "upper's ACL: {on_disk}");
+    let through = run_ok(Command::new("getfacl").args(["-n", "-c"]).arg(merged.join("f")));
+    assert!(through.contains("user:100005:r--") && through.contains("group:100006:r--"), "merged ACL: {through}");
+    let refused = run(Command::new("setfacl").args(["-m", "u:5:r"]).arg(merged.join("f")));
+    assert!(!refused.status.success(), "an ACL entry for an unmapped id was accepted");
     // fusermount3 -u (podman's first choice) unmounts, and the daemon goes with it.
     assert!(run(Command::new("fusermount3").arg("-u").arg(&merged)).status.success());
     assert!(!crate::util::is_mounted(&merged));
