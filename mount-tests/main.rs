@@ -4,11 +4,16 @@
 
 mod chroot;
 mod cli;
+mod commit;
+mod deep_paths;
 mod differential;
+mod lifecycle;
 mod merged_view;
 mod metacopy;
 mod pjdfstest;
+mod power_cut;
 mod podman;
 mod pull;
+mod save_load;
 mod write_path;
 mod util;

@@ -150,3 +150,116 @@ fn kernel_overlayfs_and_shalefs_mount_each_others_metacopy_uppers() {
     assert_eq!(std::fs::read_to_string(theirs.upper.join("sub/renamed")).unwrap(), "small data\nmore\n");
     assert!(theirs.marks("sub/renamed").is_empty(), "{:?}", theirs.marks("sub/renamed"));
 }
+
+/// Who writes an upper: shalefs or kernel overlayfs, both with `metacopy=on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Shalefs,
+    Kernel,
+}
+
+/// Mount `lowers` (top first) with `upper` by `who`, metacopy=on; the guard unmounts.
+fn mount_stack(who: Writer, dir: &TestDir, tag: &str, lowers: &[&Path], upper: &Path) -> (Box<dyn std::any::Any>, PathBuf) {
+    let work = dir.mkdir(&format!("{tag}-work"));
+    let mnt = dir.mkdir(&format!("{tag}-mnt"));
+    let lowerdir = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let opts = format!("lowerdir={lowerdir},upperdir={},workdir={},metacopy=on", upper.display(), work.display());
+    let guard: Box<dyn std::any::Any> = match who {
+        Writer::Shalefs => Box::new(ShaleMount::foreground(&["-o".into(), opts.into()], &mnt).unwrap_or_else(|e| panic!("{e}"))),
+        Writer::Kernel => Box::new(KernelOverlay::mount(&format!("{opts},index=on,redirect_dir=on"), &mnt)),
+    };
+    (guard, mnt)
+}
+
+/// An upper file's metacopy mark and redirect, the redirect made absolute (kernel overlayfs
+/// writes a rename within one directory as a relative name; both forms mean the same).
+fn placeholder_marks(upper: &Path, rel: &str) -> String {
+    let x = xattrs(&upper.join(rel));
+    let metacopy = x.contains_key(b"trusted.overlay.metacopy".as_slice());
+    let redirect = x.get(b"trusted.overlay.redirect".as_slice()).map(|v| {
+        let v = String::from_utf8_lossy(v).into_owned();
+        if v.starts_with('/') { v } else { format!("/{}", Path::new(rel).with_file_name(v).display()) }
+    });
+    format!("{rel}: metacopy {metacopy} redirect {redirect:?}")
+}
+
+fn read_or_errno(p: &Path) -> String {
+    std::fs::read(p).map_or_else(|e| format!("{e}"), |d| format!("{:?}", String::from_utf8_lossy(&d)))
+}
+
+/// The middle layer: a metacopy=on upper over the base in which `f` was chmodded and moved to
+/// `sub/f1` (a metacopy placeholder with a redirect, and a whiteout at `f`), `k` likewise to
+/// `sub/k1`, and `g` chmodded (a placeholder in place).
+fn middle_layer(who: Writer, dir: &TestDir, base: &Path) -> PathBuf {
+    let upper = dir.mkdir(&format!("middle-{who:?}"));
+    let (_m, m) = mount_stack(who, dir, &format!("make-middle-{who:?}"), &[base], &upper);
+    std::fs::set_permissions(m.join("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(m.join("f"), m.join("sub/f1")).unwrap();
+    std::fs::set_permissions(m.join("g"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(m.join("k"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(m.join("k"), m.join("sub/k1")).unwrap();
+    upper
+}
+
+/// On a stack whose middle layer holds metacopy placeholders: link (which lost the data:
+/// twelve NULs), rename (which wrote a redirect to the data's path, whited out in the middle
+/// layer: EIO), a write and a truncation, each compared with kernel overlayfs, with the marks
+/// each leaves in the upper; then both read the result after a remount, and with the upper
+/// as a third layer.
+fn metacopy_lower_sequence(middle_by: Writer) -> Vec<String> {
+    let dir = TestDir::new(&format!("metacopy-lower-{middle_by:?}"));
+    let base = dir.path().join("base");
+    LayerSpec::new().file("f", ":xxx:yyy:zzz").file("g", "gee\n").file("t", "truncate me\n").file("k", "kay\n").dir("sub").build(&base, Encoding::Overlay);
+    let middle = middle_layer(middle_by, &dir, &base);
+    assert!(placeholder_marks(&middle, "sub/f1").contains("metacopy true"), "{middle_by:?} made a metacopy placeholder");
+    let steps = |m: &Path| -> Vec<String> {
+        let mut seen = vec![read_or_errno(&m.join("sub/f1")), read_or_errno(&m.join("g"))];
+        seen.push(format!("link: {:?}", std::fs::hard_link(m.join("sub/f1"), m.join("h")).map_err(|e| e.to_string())));
+        seen.push(read_or_errno(&m.join("h")));
+        seen.push(format!("rename: {:?}", std::fs::rename(m.join("g"), m.join("sub/g2")).map_err(|e| e.to_string())));
+        seen.push(read_or_errno(&m.join("sub/g2")));
+        seen.push(format!("rename: {:?}", std::fs::rename(m.join("sub/k1"), m.join("k2")).map_err(|e| e.to_string())));
+        seen.push(read_or_errno(&m.join("k2")));
+        std::fs::set_permissions(m.join("t"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        seen.push(format!("truncate: {:?}", std::fs::OpenOptions::new().write(true).open(m.join("t")).and_then(|f| f.set_len(5)).map_err(|e| e.to_string())));
+        seen.push(read_or_errno(&m.join("t")));
+        seen
+    };
+    let marks = |upper: &Path| ["h", "sub/f1", "sub/g2", "k2", "t"].iter().map(|p| placeholder_marks(upper, p)).collect::<Vec<_>>();
+    let mut results = Vec::new();
+    for who in [Writer::Shalefs, Writer::Kernel] {
+        let upper = dir.mkdir(&format!("top-{who:?}"));
+        let seen = {
+            let (_m, m) = mount_stack(who, &dir, &format!("top-{who:?}"), &[&middle, &base], &upper);
+            steps(&m)
+        };
+        let again = {
+            let (_m, m) = mount_stack(who, &dir, &format!("again-{who:?}"), &[&middle, &base], &upper);
+            ["h", "sub/f1", "sub/g2", "k2", "t"].iter().map(|p| read_or_errno(&m.join(p))).collect::<Vec<_>>()
+        };
+        // The upper as a lower in turn: three layers, and a write through the link's name.
+        let third = {
+            let top = dir.mkdir(&format!("third-{who:?}"));
+            let (_m, m) = mount_stack(who, &dir, &format!("third-{who:?}"), &[&upper, &middle, &base], &top);
+            let mut r: Vec<String> = ["h", "sub/f1", "sub/g2", "k2"].iter().map(|p| read_or_errno(&m.join(p))).collect();
+            r.push(format!("append: {:?}", std::fs::OpenOptions::new().append(true).open(m.join("h")).and_then(|mut f| f.write_all(b"!")).map_err(|e| e.to_string())));
+            r.push(read_or_errno(&m.join("sub/f1")));
+            r
+        };
+        results.push((seen, marks(&upper), again, third));
+    }
+    let (ours, kernel) = (&results[0], &results[1]);
+    assert_eq!(ours.0, kernel.0, "middle layer by {middle_by:?}: the sequence, shalefs vs kernel overlayfs");
+    assert_eq!(ours.1, kernel.1, "middle layer by {middle_by:?}: the marks in the upper, shalefs vs kernel overlayfs");
+    assert_eq!(ours.2, kernel.2, "middle layer by {middle_by:?}: after a remount");
+    assert_eq!(ours.3, kernel.3, "middle layer by {middle_by:?}: with the upper as a lower");
+    ours.0.clone()
+}
+
+#[test]
+fn link_and_rename_of_metacopy_files_in_lower_layers_match_kernel_overlayfs() {
+    for middle_by in [Writer::Shalefs, Writer::Kernel] {
+        let seen = metacopy_lower_sequence(middle_by);
+        assert_eq!(seen[3], "\":xxx:yyy:zzz\"", "the link reads the data, not the placeholder");
+    }
+}

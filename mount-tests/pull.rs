@@ -11,7 +11,7 @@ use crate::util::registry::{self, Auth, Proxy, ProxyBehaviour, Registry, UmociIm
 use crate::util::tree::assert_same_content;
 use crate::util::{ShaleMount, TestDir, Tree, run, run_ok, shalefs_bin};
 
-fn shalefs(store: &Path) -> Command {
+pub(crate) fn shalefs(store: &Path) -> Command {
     let mut c = Command::new(shalefs_bin());
     c.arg("--root")
         .arg(store)
@@ -64,14 +64,14 @@ fn busybox() -> PathBuf {
 /// - `app`: base + a layer that deletes /etc/remove-me, adds a three-name hard link, an
 ///   absolute symlink and a set-uid file owned by 1000 + a raw GNU-tar layer that makes
 ///   /data/dir1 opaque (holding only `c`) and whites out /usr/share/doc.
-struct Fixture {
-    base: UmociImage,
-    app: UmociImage,
+pub(crate) struct Fixture {
+    pub(crate) base: UmociImage,
+    pub(crate) app: UmociImage,
     /// `umoci unpack` of app: the oracle for the merged view.
-    oracle: PathBuf,
+    pub oracle: PathBuf,
 }
 
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pull-fixture");
@@ -122,7 +122,7 @@ fn fixture() -> &'static Fixture {
 
 /// A tree without what legitimately differs between a mount and an unpacked directory: the
 /// root's own attributes and directory link counts.
-fn comparable(root: &Path) -> Tree {
+pub(crate) fn comparable(root: &Path) -> Tree {
     let mut t = Tree::walk(root);
     t.entries.retain(|p, _| !p.is_empty() && p.as_slice() != b"/" && p.as_slice() != b".");
     for e in t.entries.values_mut() {
@@ -780,4 +780,43 @@ fn on_a_terminal_the_pull_draws_progress_bars() {
     // indicatif redraws its lines with terminal escapes; the plain-line mode never does.
     assert!(out.contains("\u{1b}["), "no terminal drawing: {out:?}");
     assert!(out.contains("Status: Downloaded newer image"), "{out}");
+}
+
+/// umoci, replacing a lower directory by a file (`rm -rf dir; echo x > dir`), writes the file
+/// and then whiteouts below it (`dir/.wh.child`); the pull used to stop at them with
+/// `"…/was-dir" is not a directory`.
+#[test]
+fn pull_of_a_umoci_image_where_a_directory_became_a_file() {
+    let dir = TestDir::new("pull-dir-became-file");
+    let image = UmociImage::new(dir.path(), "v1");
+    image.layer(|root| {
+        std::fs::create_dir_all(root.join("usr/share/data/was-dir/sub")).unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir/child"), "child\n").unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir/sub/deep"), "deep\n").unwrap();
+        std::fs::write(root.join("usr/share/data/kept"), "kept\n").unwrap();
+    });
+    image.layer(|root| {
+        std::fs::remove_dir_all(root.join("usr/share/data/was-dir")).unwrap();
+        std::fs::write(root.join("usr/share/data/was-dir"), "x\n").unwrap();
+    });
+    // The image holds the form that was refused: a whiteout below the new file.
+    let listed: String = std::fs::read_dir(image.layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .filter_map(|b| Command::new("tar").arg("-tzf").arg(b.path()).stderr(Stdio::null()).output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect();
+    assert!(listed.contains("usr/share/data/was-dir/.wh."), "umoci wrote no whiteout below the file:\n{listed}");
+    let oracle = image.unpack_to(&dir.path().join("oracle"));
+
+    let reg = Registry::start(dir.path(), Auth::None);
+    let reference = format!("{}/test/dir-became-file:1", reg.host());
+    image.push(&reference, &[]);
+    let store = dir.path().join("store");
+    pull_ok(&store, &reference, &[]);
+    let mnt = dir.mkdir("mnt");
+    let _m = ShaleMount::foreground(&["--root".into(), store.clone().into(), reference.clone().into()], &mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read(mnt.join("usr/share/data/was-dir")).unwrap(), b"x\n");
+    assert_same_content(&comparable(&mnt), &comparable(&oracle));
 }

@@ -561,3 +561,91 @@ fn in_a_user_namespace_the_upper_is_written_as_overlayfs_userxattr() {
     let _ours = ShaleMount::foreground(&args, &rw.mnt).unwrap_or_else(|e| panic!("{e}"));
     expect(&rw.mnt);
 }
+
+/// One step of a hard-link sequence, applied to a mount; what it saw, as text.
+fn link_step(m: &Path, step: &str) -> String {
+    let words: Vec<&str> = step.split(' ').collect();
+    let r = |r: std::io::Result<()>| r.map_or_else(|e| format!("{step}: {e}"), |()| format!("{step}: ok"));
+    match words.as_slice() {
+        ["stat", p] => std::fs::symlink_metadata(m.join(p)).map_or_else(|e| format!("{step}: {e}"), |s| format!("{step}: nlink {}", s.nlink())),
+        ["rm", p] => r(std::fs::remove_file(m.join(p))),
+        ["mv", a, b] => r(std::fs::rename(m.join(a), m.join(b))),
+        ["mkdir", p] => r(std::fs::create_dir(m.join(p))),
+        ["append", p] => r(std::fs::OpenOptions::new().append(true).open(m.join(p)).and_then(|mut f| f.write_all(b"tail\n"))),
+        ["truncate", p] => r(std::fs::OpenOptions::new().write(true).open(m.join(p)).and_then(|f| f.set_len(2))),
+        ["chmod", p] => r(std::fs::set_permissions(m.join(p), std::fs::Permissions::from_mode(0o600))),
+        ["read", p] => std::fs::read_to_string(m.join(p)).map_or_else(|e| format!("{step}: {e}"), |s| format!("{step}: {s:?}")),
+        _ => panic!("unknown step {step}"),
+    }
+}
+
+/// The same steps on shalefs and on kernel overlayfs (index=on, redirect_dir=on) over the same
+/// lower: each step's result, then — after a remount of both — `check`'s contents and link
+/// counts, must agree.
+fn hard_link_sequence_matches_kernel(name: &str, lower: LayerSpec, steps: &[&str], check: &[&str]) {
+    let rw = Rw::new(name, lower);
+    let (ku, kw, km) = (rw.dir.mkdir("k-upper"), rw.dir.mkdir("k-work"), rw.dir.mkdir("k-mnt"));
+    let kopts = format!("lowerdir={},upperdir={},workdir={},index=on,redirect_dir=on", rw.lower.display(), ku.display(), kw.display());
+    let after = |m: &Path| check.iter().flat_map(|p| [link_step(m, &format!("read {p}")), link_step(m, &format!("stat {p}"))]).collect::<Vec<_>>();
+    let (ours, theirs) = {
+        let _s = rw.mount();
+        let _k = KernelOverlay::mount(&kopts, &km);
+        let ours: Vec<String> = steps.iter().map(|s| link_step(&rw.mnt, s)).collect();
+        let theirs: Vec<String> = steps.iter().map(|s| link_step(&km, s)).collect();
+        (ours, theirs)
+    };
+    assert_eq!(ours, theirs, "{name}: shalefs vs kernel overlayfs");
+    let _s = rw.mount();
+    let _k = KernelOverlay::mount(&kopts, &km);
+    assert_eq!(after(&rw.mnt), after(&km), "{name}, after a remount: shalefs vs kernel overlayfs");
+}
+
+fn linked_pair() -> LayerSpec {
+    LayerSpec::new().file("d/a", "data\n").hardlink("d/a", "d/b").file("d/other", "o\n")
+}
+
+/// The node knew the file by the name removed (d/b); its other name moved with its directory.
+/// The copy-up looked for d/a, never for e/a: ENOENT.
+#[test]
+fn write_to_hard_linked_lower_file_after_its_directory_moved() {
+    hard_link_sequence_matches_kernel(
+        "hl-moved-dir",
+        linked_pair(),
+        &["stat d/a", "stat d/b", "rm d/b", "mv d e", "stat e/a", "append e/a", "read e/a", "stat e/a"],
+        &["e/a"],
+    );
+}
+
+#[test]
+fn write_to_hard_linked_lower_file_moved_before_the_unlink() {
+    hard_link_sequence_matches_kernel(
+        "hl-move-then-rm",
+        linked_pair(),
+        &["stat d/b", "mv d e", "stat e/a", "rm e/b", "stat e/a", "truncate e/a", "read e/a"],
+        &["e/a"],
+    );
+}
+
+/// A grandparent moved, then the parent moved out of it, then moved again.
+#[test]
+fn write_to_hard_linked_lower_file_after_deeper_and_repeated_moves() {
+    let lower = LayerSpec::new().file("g/d/a", "deep\n").hardlink("g/d/a", "g/d/b").hardlink("g/d/a", "top");
+    hard_link_sequence_matches_kernel(
+        "hl-deep-moves",
+        lower,
+        &["stat g/d/b", "rm g/d/b", "mv g h", "stat h/d/a", "rm top", "mv h/d x", "mkdir y", "mv x y/z", "stat y/z/a", "chmod y/z/a", "append y/z/a", "read y/z/a"],
+        &["y/z/a"],
+    );
+}
+
+/// st_nlink before copy-up: a lower file's names less those removed or renamed over.
+#[test]
+fn nlink_of_hard_linked_lower_file_counts_removed_names_out() {
+    let lower = LayerSpec::new().file("d/a", "x\n").hardlink("d/a", "d/b").hardlink("d/a", "c").file("over", "o\n");
+    hard_link_sequence_matches_kernel(
+        "hl-nlink",
+        lower,
+        &["stat d/a", "rm d/b", "stat c", "mv over c", "stat d/a", "mv d e", "stat e/a", "read e/a"],
+        &["e/a", "c"],
+    );
+}

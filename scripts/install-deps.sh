@@ -5,9 +5,11 @@
 #   attr, acl      setfattr/getfattr and setfacl/getfacl, used by tests to build layers independently of shalefs
 #   fuse-overlayfs the peer the benchmarks compare against
 #   docker-registry, umoci, skopeo  the local registry and the independent image tools of the pull tests
-#   podman, buildah, runc, uidmap  the mount-program tests (containers/storage calling shalefs, rootful and rootless)
+#   xfsprogs       xfs_io, whose shutdown cuts the power on the power-cut test's ext4
+#   podman, buildah, runc, uidmap  the mount-program tests (containers/storage calling shalefs, rootful and
+#                  rootless) and podman load/run of saved archives
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl podman buildah runc uidmap)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl xfsprogs podman buildah runc uidmap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

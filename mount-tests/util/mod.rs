@@ -2,6 +2,7 @@
 //! and tree comparison.
 
 pub mod layers;
+pub mod loopfs;
 pub mod mounts;
 pub mod registry;
 pub mod token;

@@ -5,6 +5,18 @@ use std::io::{self, BufRead, Read};
 
 use crate::oci::manifest::Compression;
 
+/// The compression of a blob, told by its first bytes (gzip and zstd magic numbers), for
+/// layers whose media type does not say (a docker-archive's layer.tar).
+pub fn sniff(head: &[u8]) -> Compression {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
 /// A decompressing reader that gives its source back, so the caller can read the source to
 /// its end (the blob digest covers every byte, even after the compressed stream ends). One
 /// exists per layer being pulled, so the sizes of its variants do not matter.

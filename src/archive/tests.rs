@@ -141,6 +141,40 @@ fn absolute_names_stay_inside_and_later_entries_replace_earlier() {
     only_layer_in(tmp.path());
 }
 
+/// umoci's form of a directory that became a file: the file, then a whiteout below it.
+#[test]
+fn umoci_whiteout_under_a_file_that_replaced_a_directory_is_skipped() {
+    let (tmp, r) = unpack_into(&[
+        file(b"usr/share/data/was-dir", b"x\n"),
+        file(b"usr/share/data/was-dir/.wh.child", b""),
+        file(b"usr/share/data/was-dir/.wh..wh..opq", b""),
+        file(b"usr/share/data/was-dir/deeper/.wh.child", b""),
+    ]);
+    r.unwrap();
+    let l = tmp.path().join("layer");
+    assert_eq!(std::fs::read(l.join("usr/share/data/was-dir")).unwrap(), b"x\n");
+    assert_eq!(std::fs::read_dir(l.join("usr/share/data")).unwrap().count(), 1);
+    only_layer_in(tmp.path());
+}
+
+/// The same whiteout below a symlink would be written through it: still refused.
+#[test]
+fn whiteout_below_a_symlink_is_still_refused() {
+    use tar::EntryType::*;
+    for target in [b"..".as_slice(), b"/tmp", b"file"] {
+        let entries = [file(b"file", b"x"), E { link: leak(target), ..e(b"up", Symlink) }, file(b"up/.wh.evil", b"")];
+        let (tmp, r) = unpack_into(&entries);
+        let err = r.expect_err("a whiteout through a symlink was accepted");
+        assert!(format!("{err:#}").contains("layer entry \"up/.wh.evil\""), "{err:#}");
+        assert!(!tmp.path().join("evil").exists() && !tmp.path().join("layer/evil").exists());
+        only_layer_in(tmp.path());
+    }
+}
+
+fn leak(b: &[u8]) -> &'static [u8] {
+    Box::leak(b.to_vec().into_boxed_slice())
+}
+
 #[test]
 fn entry_count_is_bounded() {
     let entries: Vec<E> = (0..5).map(|_| file(b"f", b"")).collect();
@@ -167,4 +201,83 @@ fn a_pax_path_record_cannot_smuggle_a_dotdot_name() {
     let err = unpack(&tar[..], &tmp.path().join("layer"), Limits::default()).unwrap_err();
     assert!(format!("{err:#}").contains("'..'"), "{err:#}");
     only_layer_in(tmp.path());
+}
+
+/// Unpack `tar` with a record into `<tmp>/layer`, then rebuild it.
+fn record_and_rebuild(tar: &[u8]) -> (tempfile::TempDir, std::io::Result<Vec<u8>>) {
+    use super::tarsplit::{Rebuild, Recorder};
+    let tmp = tempfile::tempdir().unwrap();
+    let (layer, record, stash) = (tmp.path().join("layer"), tmp.path().join("record"), tmp.path().join("stash"));
+    std::fs::create_dir(&layer).unwrap();
+    let rec = Recorder::create(&record, &stash).unwrap();
+    super::unpack::unpack_recorded(tar, &layer, Limits::default(), rec).unwrap();
+    let mut out = Vec::new();
+    let r = std::io::Read::read_to_end(&mut Rebuild::open(&record, &layer, &stash).unwrap(), &mut out).map(|_| out);
+    (tmp, r)
+}
+
+#[test]
+fn tar_record_rebuilds_the_exact_stream_with_long_names_pax_records_and_trailing_bytes() {
+    use tar::EntryType::Symlink;
+    let mut b = tar::Builder::new(Vec::new());
+    let hdr = |mut h: tar::Header, size: u64, mode: u32| {
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        h
+    };
+    let long = format!("{}/file-with-a-long-name", "d".repeat(150));
+    let mut h = hdr(tar::Header::new_gnu(), 5, 0o644);
+    b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.k", b"v".as_slice()), ("mtime", b"1.5")]).unwrap();
+    let mut h = hdr(tar::Header::new_ustar(), 1000, 0o755);
+    b.append_data(&mut h, "bin/big", &vec![7u8; 1000][..]).unwrap();
+    let mut h = hdr(tar::Header::new_ustar(), 0, 0o777);
+    h.set_entry_type(Symlink);
+    b.append_link(&mut h, "bin/link", "big").unwrap();
+    let mut h = hdr(tar::Header::new_ustar(), 0, 0o644);
+    b.append_data(&mut h, ".wh.gone", &b""[..]).unwrap();
+    let mut tar = b.into_inner().unwrap();
+    // Trailing bytes after the end-of-archive blocks count in a DiffID: they must come back.
+    tar.extend_from_slice(&[0u8; 4096]);
+    tar.extend_from_slice(b"trailing junk");
+    let (tmp, r) = record_and_rebuild(&tar);
+    assert!(r.unwrap() == tar, "rebuilt tar differs");
+    let record = std::fs::metadata(tmp.path().join("record")).unwrap().len();
+    assert!(record < 600, "record of {record} bytes for 6 entries");
+}
+
+#[test]
+fn tar_record_keeps_the_content_of_entries_a_later_one_replaced() {
+    use tar::EntryType::*;
+    let tar = build(&[
+        file(b"dup", b"first"),
+        link(b"dup-link", Link, b"dup"),
+        file(b"dup", b"second"),
+        e(b"d/", Directory),
+        file(b"d/x", b"in dir"),
+        file(b"d", b"now a file"),
+        file(b"gone", b"whited out"),
+        file(b".wh.gone", b""),
+    ]);
+    let (tmp, r) = record_and_rebuild(&tar);
+    assert!(r.unwrap() == tar, "rebuilt tar differs");
+    assert_eq!(std::fs::read(tmp.path().join("layer/dup")).unwrap(), b"second");
+    assert!(tmp.path().join("stash/map").exists());
+}
+
+#[test]
+fn tar_record_rebuild_fails_when_a_file_changed_size() {
+    let tar = build(&[file(b"a", b"12345"), file(b"b", b"x")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (layer, record, stash) = (tmp.path().join("layer"), tmp.path().join("record"), tmp.path().join("stash"));
+    std::fs::create_dir(&layer).unwrap();
+    let rec = super::tarsplit::Recorder::create(&record, &stash).unwrap();
+    super::unpack::unpack_recorded(&tar[..], &layer, Limits::default(), rec).unwrap();
+    std::fs::write(layer.join("a"), b"123").unwrap();
+    let mut out = Vec::new();
+    let err = std::io::Read::read_to_end(&mut super::tarsplit::Rebuild::open(&record, &layer, &stash).unwrap(), &mut out).unwrap_err();
+    assert!(err.to_string().contains("\"a\" changed"), "{err}");
 }

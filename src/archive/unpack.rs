@@ -18,6 +18,7 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 
+use super::tarsplit::{Recorder, RecordingReader};
 use crate::sys::{self, Errno};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -49,7 +50,24 @@ pub struct Stats {
 /// Unpack the tar read from `tar` into `dest`, an empty directory. Returns the reader, so the
 /// caller can drain what follows the end-of-archive blocks (it counts in the DiffID).
 pub fn unpack<R: Read>(tar: R, dest: &Path, limits: Limits) -> anyhow::Result<(Stats, R)> {
+    let (stats, rest) = unpack_entries(tar, dest, limits, None)?;
+    Ok((stats, rest.into_inner()))
+}
+
+/// [`unpack`], keeping a record of the tar stream from which [`tarsplit::Rebuild`] gives the
+/// exact tar back. The tar is read to its end here, trailing bytes included, so that the
+/// record holds all of it; the record is closed before this returns.
+pub fn unpack_recorded<R: Read>(tar: R, dest: &Path, limits: Limits, record: Recorder) -> anyhow::Result<(Stats, R)> {
+    let (stats, mut rest) = unpack_entries(tar, dest, limits, Some(record.clone()))?;
+    io::copy(&mut rest, &mut io::sink()).context("reading the end of the layer tar")?;
+    let rest = rest.into_inner();
+    record.finish().context("writing the layer's tar record")?;
+    Ok((stats, rest))
+}
+
+fn unpack_entries<R: Read>(tar: R, dest: &Path, limits: Limits, record: Option<Recorder>) -> anyhow::Result<(Stats, RecordingReader<R>)> {
     let root = sys::open_dir(dest).map_err(|e| anyhow!("opening {}: {e}", dest.display()))?;
+    let tar = RecordingReader::new(tar, record.clone());
     let mut unpacker = Unpacker {
         root,
         is_root: sys::geteuid() == 0,
@@ -57,6 +75,7 @@ pub fn unpack<R: Read>(tar: R, dest: &Path, limits: Limits) -> anyhow::Result<(S
         dirs: Vec::new(),
         implicit: std::collections::BTreeSet::new(),
         saw_root: false,
+        record,
     };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().context("reading the layer tar")? {
@@ -86,6 +105,8 @@ struct Unpacker {
     /// Parents created because an entry needed them, until an entry names them.
     implicit: std::collections::BTreeSet<Vec<u8>>,
     saw_root: bool,
+    /// The tar-split record being written, if any.
+    record: Option<Recorder>,
 }
 
 /// The metadata of an entry that survives unpacking.
@@ -111,7 +132,19 @@ impl Unpacker {
             }
             return Ok(());
         };
-        let parent = self.make_parents(parents)?;
+        let is_marker = name.as_slice() == OPAQUE_MARKER || name.starts_with(WHITEOUT_PREFIX);
+        let parent = match self.make_parents(parents) {
+            Ok(parent) => parent,
+            // umoci, replacing a directory by a file, writes the file and then a whiteout below
+            // it (`dir`, then `dir/.wh.child`): the file already hides all that the whiteout
+            // would, so it is skipped (umoci unpacks it the same way). A symlink on the way is
+            // still refused by make_parents' walk.
+            Err(_) if is_marker && self.under_non_directory(parents) => {
+                tracing::debug!("skipping {:?}: its directory is not a directory in this layer", String::from_utf8_lossy(raw));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if name.as_slice() == OPAQUE_MARKER {
             let path = sys::fd_relative_path(parent.as_fd(), b".")?;
             return sys::lsetxattr(&path, OPAQUE_XATTR, b"y").map_err(|e| anyhow!("marking the directory opaque: {e}"));
@@ -124,13 +157,15 @@ impl Unpacker {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 bail!("a whiteout must name a file, not {:?}", String::from_utf8_lossy(hidden));
             }
+            let hidden_path = join_path(parents, hidden);
             let hidden = sys::cstring(hidden)?;
-            self.clear(parent.as_fd(), &hidden, false)?;
+            self.clear(parent.as_fd(), &hidden, false, &hidden_path)?;
             return sys::mknodat(parent.as_fd(), &hidden, libc::S_IFCHR, 0).map_err(|e| anyhow!("creating the whiteout: {e}"));
         }
         let cname = sys::cstring(name)?;
         let is_dir = kind.is_dir();
-        self.clear(parent.as_fd(), &cname, is_dir)?;
+        let path = components.join(&b'/');
+        self.clear(parent.as_fd(), &cname, is_dir, &path)?;
         match kind {
             tar::EntryType::Directory => {
                 match sys::mkdirat(parent.as_fd(), &cname, 0o700) {
@@ -145,6 +180,9 @@ impl Unpacker {
                 let fd = sys::open_beneath_mode(parent.as_fd(), &cname, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
                     .map_err(|e| anyhow!("create: {e}"))?;
                 let mut file = std::fs::File::from(fd);
+                if let Some(record) = &self.record {
+                    record.file_content(entry.raw_file_position(), entry.size(), &path)?;
+                }
                 let n = io::copy(entry, &mut file).context("writing the file")?;
                 self.stats.file_bytes += n;
                 self.apply_meta(parent.as_fd(), &cname, &meta, false)?;
@@ -196,6 +234,24 @@ impl Unpacker {
         Ok(dir)
     }
 
+    /// Whether `parents` runs into a non-directory of this layer that is not a symlink (a walk
+    /// that refuses symlinks says ENOTDIR only for those).
+    fn under_non_directory(&self, parents: &[Vec<u8>]) -> bool {
+        let Ok(mut dir) = sys::open_beneath(self.root.as_fd(), c".", libc::O_DIRECTORY | libc::O_RDONLY) else { return false };
+        for comp in parents {
+            let Ok(c) = sys::cstring(comp) else { return false };
+            match sys::open_beneath(dir.as_fd(), &c, libc::O_DIRECTORY | libc::O_RDONLY) {
+                Ok(next) => dir = next,
+                Err(Errno::ENOTDIR) => {
+                    let kind = sys::fstatat(dir.as_fd(), &c).map(|st| st.st_mode & libc::S_IFMT);
+                    return kind.is_ok_and(|k| k != libc::S_IFDIR && k != libc::S_IFLNK);
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Open the existing directory at `parents` without creating anything.
     fn open_parents(&self, parents: &[Vec<u8>]) -> anyhow::Result<OwnedFd> {
         let mut dir = sys::open_beneath(self.root.as_fd(), c".", libc::O_DIRECTORY | libc::O_RDONLY)?;
@@ -209,7 +265,7 @@ impl Unpacker {
 
     /// Make room for a new entry: a later entry of the same name replaces an earlier one, as
     /// when tar extracts; a directory stays when a directory replaces it.
-    fn clear(&self, parent: BorrowedFd<'_>, name: &CStr, new_is_dir: bool) -> anyhow::Result<()> {
+    fn clear(&self, parent: BorrowedFd<'_>, name: &CStr, new_is_dir: bool, path: &[u8]) -> anyhow::Result<()> {
         let st = match sys::fstatat(parent, name) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(()),
@@ -219,10 +275,15 @@ impl Unpacker {
         if old_is_dir && new_is_dir {
             return Ok(());
         }
+        if let Some(record) = &self.record
+            && record.displace(parent, name, path)?
+        {
+            return Ok(());
+        }
         if old_is_dir {
             // std's remove_dir_all never follows symlinks inside the tree.
             let path = sys::fd_relative_path(parent, name.to_bytes())?;
-            std::fs::remove_dir_all(sys::os_str(path.as_bytes())).context("replacing a directory")?;
+            std::fs::remove_dir_all(sys::os_str(path.to_bytes())).context("replacing a directory")?;
         } else {
             sys::unlinkat(parent, name, 0).map_err(|e| anyhow!("replacing an earlier entry: {e}"))?;
         }
@@ -274,6 +335,15 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+fn join_path(parents: &[Vec<u8>], name: &[u8]) -> Vec<u8> {
+    let mut p = parents.join(&b'/');
+    if !p.is_empty() {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
 }
 
 fn parent_error(path: &[Vec<u8>], e: Errno) -> anyhow::Error {

@@ -23,6 +23,23 @@ pub fn mountpoints_of(container: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the mount at `mp` lost its daemon (killed, crashed): the kernel answers ENOTCONN.
+pub fn is_dead(mp: &str) -> bool {
+    std::fs::metadata(mp).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// Detach the dead mounts of a container (lazily: a process may still sit in one), so it can be
+/// mounted again. Live mounts are left alone; an error says what to run.
+pub fn detach_dead_mounts(container: &str) -> anyhow::Result<()> {
+    for mp in mountpoints_of(container).into_iter().filter(|mp| is_dead(mp)) {
+        match crate::sys::umount(std::path::Path::new(&mp), true) {
+            Ok(()) => eprintln!("container {container}: detached its dead mount on {mp} (the daemon serving it had died)"),
+            Err(e) => bail!("container {container}: its mount on {mp} is dead (its daemon died) and detaching it failed ({e}): run `umount -l {mp}`"),
+        }
+    }
+    Ok(())
+}
+
 /// /proc/mounts writes space, tab, newline and backslash as octal escapes.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
@@ -45,7 +62,9 @@ pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
     println!("{:<24} {:<40} {:<14} {:<24} MOUNTED ON", "NAME", "IMAGE", "IMAGE ID", "CREATED");
     for c in store.all_containers()? {
         let created = super::images::human_age(Some(&rfc3339_of(c.created_at)));
-        let mounted = mountpoints_of(&c.name).join(",");
+        let mounted: Vec<String> =
+            mountpoints_of(&c.name).into_iter().map(|mp| if is_dead(&mp) { format!("{mp} (dead: daemon gone)") } else { mp }).collect();
+        let mounted = mounted.join(",");
         println!("{:<24} {:<40} {:<14} {created:<24} {mounted}", c.name, c.image_name, c.image.short());
     }
     Ok(())

@@ -1,12 +1,18 @@
 //! Command-line parsing and dispatch; one module per command.
 
+pub mod commit;
 pub mod containers;
+pub mod diff;
+pub mod export;
 pub mod images;
+pub mod import;
+pub mod load;
 pub mod logging;
 pub mod mount;
 pub mod program;
 pub mod progress;
 pub mod pull;
+pub mod save;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +39,10 @@ pub enum Command {
     Umount(umount::UmountArgs),
     /// Pull an image from a registry into the store
     Pull(pull::PullArgs),
+    /// Write images to an archive (docker-archive, oci-archive) or an OCI layout directory
+    Save(save::SaveArgs),
+    /// Read images from an archive or OCI layout into the store
+    Load(load::LoadArgs),
     /// List the images in the store
     Images(images::ImagesArgs),
     /// Show an image's details as JSON
@@ -49,6 +59,14 @@ pub enum Command {
     Ps,
     /// Remove containers and their upper directories
     Rm(containers::RmArgs),
+    /// Show what a container changed (A/C/D lines)
+    Diff(diff::DiffArgs),
+    /// Make an image of a container's changes
+    Commit(commit::CommitArgs),
+    /// Write a container's merged tree as a tar
+    Export(export::ExportArgs),
+    /// Make a one-layer image of a rootfs tar
+    Import(import::ImportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,6 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
         Command::Pull(args) => pull::run(args, root),
+        Command::Save(args) => save::run(args, root),
+        Command::Load(args) => load::run(args, root),
         Command::Images(args) => images::images(args, root),
         Command::Inspect(args) => images::inspect(args, root),
         Command::History(args) => images::history(args, root),
@@ -66,5 +86,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune => images::prune(root),
         Command::Ps => containers::ps(root),
         Command::Rm(args) => containers::rm(args, root),
+        Command::Diff(args) => diff::run(args, root),
+        Command::Commit(args) => commit::run(args, root),
+        Command::Export(args) => export::run(args, root),
+        Command::Import(args) => import::run(args, root),
     }
 }

@@ -149,6 +149,7 @@ fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) 
     if !args.lowers.is_empty() || args.upper.is_some() || args.work.is_some() {
         anyhow::bail!("--lower, --upper and --work cannot be combined with an image or container");
     }
+    super::containers::detach_dead_mounts(name)?;
     let mut mounted = super::containers::mountpoints_of(name);
     if let Some(mp) = mounted.pop() {
         anyhow::bail!("container {name} is already mounted on {mp}");
@@ -180,6 +181,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         no_passthrough: args.no_passthrough,
         metacopy: args.metacopy || opts.metacopy,
         userxattr: opts.userxattr,
+        volatile: opts.volatile,
         ids: opts.ids,
     }
     .check()

@@ -74,6 +74,7 @@ fn plan(args: &ProgramArgs, merged: PathBuf, warn: bool) -> anyhow::Result<Mount
         flags: opts.flags,
         metacopy: opts.metacopy,
         userxattr: opts.userxattr,
+        volatile: opts.volatile,
         ids: opts.ids,
         ..MountSpec::default()
     }

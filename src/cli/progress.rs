@@ -19,22 +19,31 @@ pub enum Progress {
 pub struct Bars {
     multi: MultiProgress,
     bars: Vec<ProgressBar>,
+    started: &'static str,
+    done: &'static str,
 }
 
 pub struct Lines {
     layers: Vec<(Digest, u64)>,
     done: Vec<u64>,
     last_total: Instant,
+    started_word: &'static str,
+    done_word: &'static str,
 }
 
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
+        Progress::with_words(quiet, "Downloading", "Pull complete")
+    }
+
+    /// The same display with other words for a layer started and finished (load's).
+    pub fn with_words(quiet: bool, started: &'static str, done: &'static str) -> Progress {
         if quiet {
             Progress::Quiet
         } else if std::io::stdout().is_terminal() {
-            Progress::Bars(Mutex::new(Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()), bars: Vec::new() }))
+            Progress::Bars(Mutex::new(Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()), bars: Vec::new(), started, done }))
         } else {
-            Progress::Lines(Mutex::new(Lines { layers: Vec::new(), done: Vec::new(), last_total: Instant::now() }))
+            Progress::Lines(Mutex::new(Lines { layers: Vec::new(), done: Vec::new(), last_total: Instant::now(), started_word: started, done_word: done }))
         }
     }
 
@@ -102,7 +111,7 @@ impl Bars {
                     bar.set_position(at);
                     bar.reset_eta();
                 }
-                self.message(i, if at > 0 { "Resuming" } else { "Downloading" });
+                self.message(i, if at > 0 { "Resuming" } else { self.started });
             }
             Event::Progress(i, n) => {
                 if let Some(bar) = self.bars.get(i) {
@@ -111,7 +120,7 @@ impl Bars {
             }
             Event::Retrying(i, _) => self.message(i, "Retrying"),
             Event::Verifying(i) => self.message(i, "Verifying"),
-            Event::Complete(i) => self.finish(i, "Pull complete"),
+            Event::Complete(i) => self.finish(i, self.done),
         }
     }
 
@@ -141,7 +150,7 @@ impl Lines {
             Event::Waiting(_) => {}
             Event::Started(i, 0) => {
                 let size = self.layers.get(i).map_or(0, |l| l.1);
-                line(&format!("{}: Downloading ({})", short(&self.layers, i), mib(size)));
+                line(&format!("{}: {} ({})", short(&self.layers, i), self.started_word, mib(size)));
             }
             Event::Started(i, at) => line(&format!("{}: Resuming at byte {at}", short(&self.layers, i))),
             Event::Progress(i, n) => {
@@ -156,7 +165,7 @@ impl Lines {
             }
             Event::Retrying(i, why) => line(&format!("{}: Retrying after: {why}", short(&self.layers, i))),
             Event::Verifying(i) => line(&format!("{}: Verifying", short(&self.layers, i))),
-            Event::Complete(i) => line(&format!("{}: Pull complete", short(&self.layers, i))),
+            Event::Complete(i) => line(&format!("{}: {}", short(&self.layers, i), self.done_word)),
         }
     }
 }

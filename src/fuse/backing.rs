@@ -17,6 +17,9 @@
 //! before must read the upper copy (kernel overlayfs re-opens the real file), and a backing
 //! file cannot change under an open handle. The daemon serves it, with the page cache kept
 //! across opens (a lower file's content changes only through this daemon, after copy-up).
+//!
+//! On a mount a commit may pause (a store container's, see [`crate::freeze`]) writable handles
+//! are served by the daemon too, so that every write passes the freeze gate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +37,9 @@ enum Slot {
 #[derive(Default)]
 pub struct Backings {
     enabled: AtomicBool,
+    /// Writable handles are served by the daemon (a mount a commit may pause: every write
+    /// must pass its gate, which passthrough writes never reach).
+    serve_writes: AtomicBool,
     inodes: Mutex<HashMap<u64, Slot>>,
     /// fh → inode, to undo at release.
     handles: Mutex<HashMap<u64, u64>>,
@@ -52,6 +58,10 @@ impl Backings {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
+    pub fn serve_writes(&self, on: bool) {
+        self.serve_writes.store(on, Ordering::Relaxed);
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
@@ -68,11 +78,12 @@ impl Backings {
         let Ok(mut inodes) = self.inodes.lock() else { return Reply::Plain(FopenFlags::FOPEN_DIRECT_IO) };
         // The real file's identity, asked only when it decides something.
         let real = || crate::sys::fstat(open.fd()).ok().map(|st| (st.st_dev, st.st_ino));
+        let by_daemon = open.writable && self.serve_writes.load(Ordering::Relaxed);
         let reply = match inodes.get_mut(&ino) {
             Some(Slot::Passthrough { id, real: r, opens }) => {
                 *opens += 1;
                 // Another copy of the file (it was copied up): the daemon serves this handle.
-                let flags = if real() == Some(*r) { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
+                let flags = if !by_daemon && real() == Some(*r) { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
                 Reply::Passthrough(id.clone(), flags)
             }
             Some(Slot::Cached { opens }) => {
@@ -81,7 +92,7 @@ impl Backings {
             }
             // A lower file of a writable mount is served by the daemon (see `OpenFile::may_move`),
             // as is every file when the kernel offers no passthrough.
-            None => match if self.enabled() && !open.may_move { real() } else { None } {
+            None => match if self.enabled() && !open.may_move && !by_daemon { real() } else { None } {
                 None => {
                     inodes.insert(ino, Slot::Cached { opens: 1 });
                     Reply::Plain(FopenFlags::empty())

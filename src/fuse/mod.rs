@@ -34,11 +34,26 @@ pub struct ShaleFs {
     /// The kernel can do without OPENDIR and RELEASEDIR (Linux ≥ 5.1): two round trips fewer
     /// per directory read, and it caches listings as if FOPEN_CACHE_DIR had been answered.
     no_opendir: bool,
+    /// Held by every changing request, so a commit can pause them (see [`crate::freeze`]).
+    gate: Option<crate::freeze::Gate>,
 }
 
 impl ShaleFs {
     pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
-        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false }
+        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false, gate: None }
+    }
+
+    /// Let a commit pause this mount's changes. Writable handles are then served by the
+    /// daemon (not passed through), so that every write passes the gate.
+    pub fn with_gate(mut self, gate: crate::freeze::Gate) -> ShaleFs {
+        self.gate = Some(gate);
+        self.backings.serve_writes(true);
+        self
+    }
+
+    /// Wait while a commit holds the mount frozen; held for one changing request.
+    fn enter(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
+        self.gate.as_ref().map(|g| g.enter())
     }
 
     /// How to answer an open or a create of handle `fh`: the backing file to pass through to,
@@ -93,6 +108,17 @@ fn positions(read: &DirRead) -> impl Iterator<Item = (u64, Dirent<'_>)> {
     let dots = [(1, Dirent::Dot(read.node.ino, b".".as_slice())), (2, Dirent::Dot(parent, b"..".as_slice()))];
     let entries = read.listing.iter().enumerate().map(|(i, e)| (i as u64 + 3, Dirent::Entry(e)));
     dots.into_iter().chain(entries).skip(read.position as usize)
+}
+
+/// Answered on the root of every shalefs mount (to root only, as any `trusted.` xattr, and not
+/// listed): `PID PIDNS`, the PID of the daemon serving it and the inode of its PID namespace
+/// (a PID means nothing in another namespace).
+pub const DAEMON_PID_XATTR: &str = "trusted.shalefs.daemon-pid";
+
+pub fn daemon_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino());
+    format!("{} {ns}", std::process::id())
 }
 
 impl Filesystem for ShaleFs {
@@ -153,6 +179,8 @@ impl Filesystem for ShaleFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // A writable open copies up: a change like any other.
+        let _gate = crate::union::file::wants_write(flags.0).then(|| self.enter());
         match self.union.open(ino.0, flags.0) {
             Ok(fh) => match self.open_answer(ino.0, fh, |fd| reply.open_backing(fd)) {
                 (Some(id), flags) => reply.opened_passthrough(FileHandle(fh), flags, &id),
@@ -284,7 +312,17 @@ impl Filesystem for ShaleFs {
         }
     }
 
+    /// FUSE over /dev/fuse gets no DESTROY (only fuseblk does); this runs when the kernel
+    /// ended the session (ENODEV on the device) and every worker has stopped.
+    fn destroy(&mut self) {
+        self.union.release_all();
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // `shalefs umount` asks which process serves the mount, to wait for its exit.
+        if ino.0 == crate::union::ino::ROOT_INO && name.as_bytes() == DAEMON_PID_XATTR.as_bytes() {
+            return reply::xattr(reply, daemon_identity().as_bytes(), size);
+        }
         match self.union.getxattr(ino.0, name.as_bytes()) {
             Ok(value) => reply::xattr(reply, &value, size),
             Err(e) => reply.error(errno(e)),
@@ -316,6 +354,7 @@ impl Filesystem for ShaleFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _gate = self.enter();
         let change = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
         match self.union.setattr(ino.0, change, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
@@ -324,6 +363,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let _gate = self.enter();
         let obj = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
             _ => NewObject::Node { mode, rdev: rdev as u64 },
@@ -332,24 +372,29 @@ impl Filesystem for ShaleFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _gate = self.enter();
         let obj = NewObject::Dir { mode };
         self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _gate = self.enter();
         let obj = NewObject::Symlink { target: target.as_os_str().as_bytes() };
         self.reply_entry(self.union.create_object(parent.0, link_name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _gate = self.enter();
         self.reply_entry(self.union.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.enter();
         reply_empty(self.union.unlink(parent.0, name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.enter();
         reply_empty(self.union.rmdir(parent.0, name.as_bytes()), reply);
     }
 
@@ -363,11 +408,13 @@ impl Filesystem for ShaleFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _gate = self.enter();
         let r = self.union.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits());
         reply_empty(r, reply);
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let _gate = self.enter();
         match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
             Ok((e, fh)) => {
                 let (attr, generation) = (file_attr(&e.stat), Generation(e.generation));
@@ -392,6 +439,7 @@ impl Filesystem for ShaleFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _gate = self.enter();
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -424,14 +472,17 @@ impl Filesystem for ShaleFs {
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let _gate = self.enter();
         reply_empty(self.union.setxattr(ino.0, name.as_bytes(), value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _gate = self.enter();
         reply_empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
     }
 
     fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let _gate = self.enter();
         reply_empty(self.union.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -455,6 +506,7 @@ impl Filesystem for ShaleFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _gate = self.enter();
         match self.union.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),

@@ -1,7 +1,8 @@
 //! The OCI image model, parsed and checked at the boundary: digests, image references,
-//! manifests, indexes, configs and platforms. Nothing else in the crate reads raw JSON or a
-//! raw reference string.
+//! manifests, indexes, configs and platforms, and the `--change` edits of a config. Nothing
+//! else in the crate reads raw JSON or a raw reference string.
 
+pub mod change;
 pub mod digest;
 pub mod manifest;
 pub mod platform;

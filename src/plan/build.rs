@@ -68,5 +68,19 @@ pub fn build_union(plan: &MountPlan) -> anyhow::Result<Union> {
     let mut union = Union::new(stack).map_err(|e| anyhow::anyhow!("reading the root of the layers: {e}"))?;
     union.set_metacopy(plan.metacopy);
     union.set_id_mapping(plan.ids.clone());
+    if plan.volatile {
+        union.set_volatile();
+    }
+    log_durability(&union);
     Ok(union)
+}
+
+fn log_durability(union: &Union) {
+    use crate::union::copy_up::Durability;
+    match union.durability() {
+        _ if union.is_read_only() => {}
+        Durability::Volatile => tracing::warn!("volatile: copy-ups are not synced; a crash or power cut can leave copies that hide their lower data"),
+        Durability::Ordered => tracing::info!("copy-ups are written out before they become visible; the upper's journal orders the rest"),
+        Durability::Synced => tracing::info!("copy-ups are fsynced before they become visible"),
+    }
 }

@@ -28,6 +28,8 @@ pub fn detach() {
 pub fn report_ready() {
     report_to_parent("ready");
     let _ = sys::redirect_to_dev_null(1);
+    // Not to keep the caller's directory (maybe on a layer's filesystem) busy.
+    let _ = std::env::set_current_dir("/");
 }
 
 /// In the daemon: why the mount failed, for the parent to print.

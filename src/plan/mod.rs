@@ -44,6 +44,8 @@ pub struct MountSpec {
     pub metacopy: bool,
     /// Write the upper's overlay xattrs as `user.overlay.*` even when `trusted.*` would work.
     pub userxattr: bool,
+    /// `-o volatile`: copy-ups are not made durable.
+    pub volatile: bool,
     /// Owners shifted between disk and kernel (identity by default).
     pub ids: IdMapping,
 }
@@ -60,6 +62,7 @@ pub struct MountPlan {
     pub passthrough: bool,
     pub metacopy: bool,
     pub userxattr: bool,
+    pub volatile: bool,
     pub ids: IdMapping,
 }
 
@@ -85,6 +88,8 @@ impl MountSpec {
             check_dir("lower layer", lower)?;
         }
         check_mountpoint(&self.mountpoint)?;
+        // Absolute, as a daemon serves from `/` (not to keep the caller's directory busy).
+        let mountpoint = std::fs::canonicalize(&self.mountpoint).unwrap_or(self.mountpoint);
         sys::check_dev_fuse().map_err(|e| anyhow::anyhow!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))?;
         let mut flags = self.flags;
         if upper.is_none() {
@@ -93,13 +98,14 @@ impl MountSpec {
         Ok(MountPlan {
             lowers: self.lowers,
             upper,
-            mountpoint: self.mountpoint,
+            mountpoint,
             fsname: self.fsname.unwrap_or_else(|| "shalefs".into()),
             flags,
             threads: self.threads.unwrap_or_else(session::default_threads),
             passthrough: !self.no_passthrough,
             metacopy: self.metacopy,
             userxattr: self.userxattr,
+            volatile: self.volatile,
             ids: self.ids,
         })
     }

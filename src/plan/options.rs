@@ -20,6 +20,8 @@ pub struct OverlayOptions {
     pub metacopy: bool,
     /// `userxattr`: the upper's format in `user.overlay.*`, as overlayfs' option.
     pub userxattr: bool,
+    /// `volatile`: copy-ups are not synced before they become visible (overlayfs' option).
+    pub volatile: bool,
     /// `uidmapping=`, `gidmapping=`, `squash_to_uid=`, `squash_to_gid=`, `squash_to_root`
     /// (fuse-overlayfs' options, which podman passes its mount program).
     pub ids: IdMapping,
@@ -88,7 +90,7 @@ fn one_path(key: &str, value: &str) -> anyhow::Result<PathBuf> {
 /// Options kernel overlayfs or fuse-overlayfs accept that shalefs has no use for: accepted so an
 /// existing command line works, and said in the log.
 const IGNORED: &[&str] = &[
-    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity", "volatile",
+    "index", "redirect_dir", "xino", "nfs_export", "uuid", "verity",
     "default_permissions", "allow_other", "allow_root", "fsync", "noacl", "static_nlink", "threaded", "context", "fscontext", "defcontext", "rootcontext", "dev",
     "suid", "exec", "atime", "relatime", "strictatime", "sync", "async", "rw",
 ];
@@ -147,6 +149,7 @@ fn parse_with(option_strings: &[String], lenient: bool) -> anyhow::Result<(Overl
             ("fsname", Some(v)) => out.fsname = Some(v.to_string()),
             ("metacopy", Some(v)) => out.metacopy = on_or_off("metacopy", v)?,
             ("userxattr", None) => out.userxattr = true,
+            ("volatile", None) => out.volatile = true,
             ("ro", None) => out.flags.read_only = true,
             ("nodev", None) => out.flags.nodev = true,
             ("nosuid", None) => out.flags.nosuid = true,
@@ -211,6 +214,13 @@ mod tests {
     }
 
     #[test]
+    fn volatile_is_a_flag() {
+        assert!(p("lowerdir=/a,volatile").volatile);
+        assert!(!p("lowerdir=/a").volatile);
+        assert!(parse(&["lowerdir=/a,volatile=on".into()]).is_err());
+    }
+
+    #[test]
     fn metacopy_is_on_or_off() {
         assert!(p("lowerdir=/a,metacopy=on").metacopy);
         assert!(!p("lowerdir=/a,metacopy=on,metacopy=off").metacopy);
@@ -233,7 +243,8 @@ mod tests {
         assert!(o.flags.nodev && o.flags.nosuid && !o.flags.read_only);
         assert_eq!(o.ids.uids.to_kernel(0), 100000);
         assert_eq!(o.ids.gids.to_disk(100001), Some(1));
-        assert_eq!(ignored, vec!["volatile".to_string(), r#"context="system_u:object_r:container_file_t:s0:c1,c2""#.to_string()]);
+        assert!(o.volatile);
+        assert_eq!(ignored, vec![r#"context="system_u:object_r:container_file_t:s0:c1,c2""#.to_string()]);
         assert!(unknown.is_empty());
     }
 

@@ -22,7 +22,14 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Session<ShaleFs>> {
     // a second time.
     sys::set_umask(0);
     let union = super::build::build_union(plan)?;
-    let fs = ShaleFs::new(union, cache_ttl(plan), plan.passthrough);
+    let mut fs = ShaleFs::new(union, cache_ttl(plan), plan.passthrough);
+    // A store container can be committed while mounted: its changes pass a gate a commit
+    // may close (`commit --pause`), asked for over a socket in its work directory.
+    let control = plan.upper.as_ref().filter(|_| plan.fsname.starts_with("shalefs:")).map(|u| crate::freeze::socket_path(&u.work));
+    let gate = crate::freeze::Gate::default();
+    if control.is_some() {
+        fs = fs.with_gate(gate.clone());
+    }
     let opts = SessionOptions {
         mountpoint: plan.mountpoint.clone(),
         fsname: plan.fsname.clone(),
@@ -30,6 +37,12 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Session<ShaleFs>> {
         flags: plan.flags.clone(),
     };
     let session = session::mount(fs, &opts)?;
+    // Without it the mount still works; `commit --pause` then refuses a mounted container.
+    if let Some(path) = &control
+        && let Err(e) = crate::freeze::serve(path, gate)
+    {
+        tracing::warn!("no control socket for commit --pause: {e:#}");
+    }
     tracing::info!(lowers = plan.lowers.len(), upper = plan.upper.is_some(), "mounted on {}", plan.mountpoint.display());
     Ok(session)
 }

@@ -2,24 +2,34 @@
 //!
 //! ```text
 //! lock                      flock held while image/tag/container records change
-//! blobs/sha256/<hex>        manifests and configs (and layer blobs only with --keep-blobs)
+//! blobs/sha256/<hex>        manifests and configs; layer blobs with --keep-blobs, and those of
+//!                           committed and imported images (kept for save and push)
 //! layers/<diffid-hex>/      one unpacked layer, overlayfs format, keyed by its DiffID;
 //!                           present only once fully unpacked and verified
 //! layers/<diffid-hex>.json  what the layer came from: blob digest, media type, sizes
+//! layers/<diffid-hex>.tarsplit  the record that rebuilds the layer's exact tar
+//!                           (archive::tarsplit); written by the unpack, made visible with it
+//! layers/<diffid-hex>.stash/  content of entries a later entry of the same tar replaced
+//!                           (rare; only the record reads it)
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
-//! containers/<name>/        a mounted image's own upper/ and work/, and container.json
-//! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming) and
-//!                           unpacks in progress; nothing here is ever read as content
+//! containers/<name>/        a mounted image's own upper/ and work/, and container.json;
+//!                           work/control.sock while mounted (commit's pause, see `freeze`)
+//! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming),
+//!                           unpacks in progress with their tar records (unpack-*, tarsplit-*,
+//!                           stash-*), commits/imports in progress, and load's spooled archives
+//!                           (load-spool-*); nothing here is ever read as content
 //! locks/<hex>.lock          one download per digest, across processes
 //! ```
 //!
 //! Everything becomes visible by a rename from `tmp/` or a `.tmp` sibling once complete, so a
 //! crash or a kill leaves either the old state or the new one.
 
+pub mod commit;
 pub mod container;
 pub mod gc;
 pub mod image;
+pub mod layer_tar;
 pub mod pull;
 
 use std::fs::File;
@@ -113,14 +123,52 @@ impl Store {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
+        remove_tree(&self.unpack_stash_path(&dir))?;
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
 
-    /// Make a verified, unpacked layer visible: its record first, then the directory, by rename.
+    /// Where the unpack into `unpack_dir` keeps its tar record, beside it in `tmp/` (the
+    /// name ends in the pid, as `prune` expects of leftovers).
+    pub fn unpack_record_path(&self, unpack_dir: &Path) -> PathBuf {
+        sibling_with_prefix(unpack_dir, "tarsplit-")
+    }
+
+    /// Where the unpack into `unpack_dir` keeps the content of replaced entries.
+    pub fn unpack_stash_path(&self, unpack_dir: &Path) -> PathBuf {
+        sibling_with_prefix(unpack_dir, "stash-")
+    }
+
+    /// Remove an unpack that will not be committed, with its record.
+    pub fn discard_unpack(&self, unpack_dir: &Path) {
+        let _ = remove_tree(unpack_dir);
+        let _ = std::fs::remove_file(self.unpack_record_path(unpack_dir));
+        let _ = remove_tree(&self.unpack_stash_path(unpack_dir));
+    }
+
+    pub fn layer_record_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(format!("{}.tarsplit", diff_id.hex()))
+    }
+
+    pub fn layer_stash_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(format!("{}.stash", diff_id.hex()))
+    }
+
+    /// Make a verified, unpacked layer visible: its records first (the JSON, the tar record
+    /// and stash when the unpack kept them), then the directory, by rename.
     pub fn commit_layer(&self, unpacked: &Path, info: &LayerInfo) -> anyhow::Result<()> {
         let json = self.root.join("layers").join(format!("{}.json", info.diff_id.hex()));
         write_atomic(&json, &serde_json::to_vec_pretty(info)?)?;
+        let record = self.unpack_record_path(unpacked);
+        if record.exists() {
+            std::fs::rename(&record, self.layer_record_path(&info.diff_id)).context("moving the layer's tar record into the store")?;
+        }
+        let stash = self.unpack_stash_path(unpacked);
+        if stash.exists() {
+            let dest = self.layer_stash_path(&info.diff_id);
+            remove_tree(&dest)?;
+            std::fs::rename(&stash, &dest).context("moving the layer's stash into the store")?;
+        }
         let dest = self.layer_dir(&info.diff_id);
         match std::fs::rename(unpacked, &dest) {
             Ok(()) => Ok(()),
@@ -133,8 +181,12 @@ impl Store {
         }
     }
 
-    /// Remove a layer: renamed away first, so it is never seen half-deleted.
+    /// Remove a layer: renamed away first, so it is never seen half-deleted. Its kept blob
+    /// (a committed or imported layer's, or one pulled with --keep-blobs) goes with it.
     pub fn remove_layer(&self, diff_id: &Digest) -> anyhow::Result<()> {
+        if let Some(info) = self.layer_info(diff_id) {
+            let _ = std::fs::remove_file(self.blob_path(&info.digest));
+        }
         let dir = self.layer_dir(diff_id);
         let doomed = self.tmp_dir().join(format!("remove-{}-{}", diff_id.hex(), std::process::id()));
         match std::fs::rename(&dir, &doomed) {
@@ -143,6 +195,8 @@ impl Store {
             Err(e) => bail!("removing layer {}: {e}", dir.display()),
         }
         let _ = std::fs::remove_file(self.root.join("layers").join(format!("{}.json", diff_id.hex())));
+        let _ = std::fs::remove_file(self.layer_record_path(diff_id));
+        remove_tree(&self.layer_stash_path(diff_id))?;
         Ok(())
     }
 
@@ -195,6 +249,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&tmp);
         anyhow!("writing {}: {e}", path.display())
     })
+}
+
+fn sibling_with_prefix(path: &Path, prefix: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{prefix}{name}"))
 }
 
 pub fn remove_tree(path: &Path) -> anyhow::Result<()> {

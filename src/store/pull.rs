@@ -12,7 +12,8 @@
 //! a per-DiffID file lock makes one process fetch a layer while others wait and then reuse it.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -21,6 +22,7 @@ use anyhow::{Context, anyhow, bail};
 use super::image::{ImageLayer, ImageRecord, LayerInfo, TagEntry};
 use super::Store;
 use crate::archive::compress::{Decompressor, LimitedReader};
+use crate::archive::tarsplit::Recorder;
 use crate::archive::unpack::{self, Limits};
 use crate::oci::digest::{HashingReader, Hasher};
 use crate::oci::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, MAX_CONFIG_BYTES};
@@ -309,17 +311,17 @@ impl Fetcher<'_> {
         };
 
         let dir = store.new_unpack_dir(diff_id).map_err(other)?;
-        let result = unpack_stream(source, compression, &dir, opts.max_layer_size);
+        let result = unpack_pull_stream(store, source, compression, &dir, opts.max_layer_size);
         let Unpacked { blob, tar, implicit_dirs } = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = super::remove_tree(&dir);
+                store.discard_unpack(&dir);
                 return Err(classify(e));
             }
         };
         obs.event(Event::Verifying(i));
         let fail = |why: String| {
-            let _ = super::remove_tree(&dir);
+            store.discard_unpack(&dir);
             // The whole blob arrived and is wrong: resuming from it would only repeat the error.
             let _ = std::fs::remove_file(&partial_path);
             other(anyhow!(why))
@@ -341,7 +343,7 @@ impl Fetcher<'_> {
         };
         if let Err(e) = store.commit_layer(&dir, &info) {
             // A full disk can stop even this last step: leave nothing of the layer behind.
-            let _ = super::remove_tree(&dir);
+            store.discard_unpack(&dir);
             let _ = std::fs::remove_file(&partial_path);
             return Err(other(e));
         }
@@ -368,25 +370,147 @@ struct Unpacked {
     implicit_dirs: Vec<String>,
 }
 
-/// Decompress, hash and unpack; then read both streams to their ends so that the digests
-/// cover every byte.
-fn unpack_stream(source: BlobSource<'_>, compression: manifest::Compression, dir: &std::path::Path, max: u64) -> anyhow::Result<Unpacked> {
-    let decompressor = Decompressor::new(compression, BufReader::with_capacity(256 << 10, source)).context("starting decompression")?;
+fn unpack_pull_stream(store: &Store, source: BlobSource<'_>, compression: manifest::Compression, dir: &Path, max: u64) -> anyhow::Result<Unpacked> {
+    let (tar, mut source, _) = unpack_stream(store, source, Some(compression), dir, max)?;
+    source.sink.flush()?;
+    let bytes = source.hasher.bytes;
+    Ok(Unpacked { blob: (std::mem::take(&mut source.hasher).finish(), bytes), tar: (tar.digest, tar.size), implicit_dirs: tar.implicit_dirs })
+}
+
+/// The tar side of one pass: its digest (the DiffID), length and the directories it left out.
+pub struct TarDigest {
+    pub digest: Digest,
+    pub size: u64,
+    pub implicit_dirs: Vec<String>,
+}
+
+/// Decompress (by the media type, or by the first bytes when it is not known), hash and
+/// unpack, recording the tar for its exact rebuild; then read both streams to their ends so
+/// that the digests cover every byte. Gives the blob source back for its own accounting.
+fn unpack_stream<S: Read>(
+    store: &Store,
+    source: S,
+    compression: Option<manifest::Compression>,
+    dir: &Path,
+    max: u64,
+) -> anyhow::Result<(TarDigest, S, manifest::Compression)> {
+    let mut buffered = BufReader::with_capacity(256 << 10, source);
+    let compression = match compression {
+        Some(c) => c,
+        None => crate::archive::compress::sniff(buffered.fill_buf().context("reading the layer")?),
+    };
+    let decompressor = Decompressor::new(compression, buffered).context("starting decompression")?;
     let tar = HashingReader::new(LimitedReader::new(decompressor, max));
-    let (stats, mut tar) = unpack::unpack(tar, dir, Limits::default())?;
-    io::copy(&mut tar, &mut io::sink()).context("reading the end of the layer tar")?;
+    let record = Recorder::create(&store.unpack_record_path(dir), &store.unpack_stash_path(dir))?;
+    let (stats, mut tar) = unpack::unpack_recorded(tar, dir, Limits::default(), record)?;
     let tar_bytes = tar.hasher.bytes;
     let tar_digest = std::mem::take(&mut tar.hasher).finish();
     let mut blob = tar.inner.inner.into_inner();
     io::copy(&mut blob, &mut io::sink()).context("reading the end of the layer blob")?;
-    let mut source = blob.into_inner();
-    source.sink.flush()?;
-    let bytes = source.hasher.bytes;
-    Ok(Unpacked {
-        blob: (std::mem::take(&mut source.hasher).finish(), bytes),
-        tar: (tar_digest, tar_bytes),
-        implicit_dirs: stats.implicit_dirs,
-    })
+    let source = blob.into_inner();
+    Ok((TarDigest { digest: tar_digest, size: tar_bytes, implicit_dirs: stats.implicit_dirs }, source, compression))
+}
+
+/// A layer unpacked and verified in `tmp/`, not yet visible; dropped uncommitted, it is removed.
+pub struct StagedLayer<'a> {
+    store: &'a Store,
+    dir: Option<std::path::PathBuf>,
+    pub info: LayerInfo,
+    _lock: Option<super::Lock>,
+}
+
+impl StagedLayer<'_> {
+    /// Make it visible in `layers/`.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let Some(dir) = self.dir.take() else { return Ok(()) };
+        self.store.commit_layer(&dir, &self.info).inspect_err(|_| self.store.discard_unpack(&dir))
+    }
+}
+
+impl Drop for StagedLayer<'_> {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            self.store.discard_unpack(&dir);
+        }
+    }
+}
+
+/// What a layer read from somewhere other than a registry (an archive, a layout) must be.
+pub struct LayerExpect<'a> {
+    /// The blob's digest and size, when the source names them.
+    pub blob: Option<(&'a Digest, Option<u64>)>,
+    /// The DiffID the image config gives, when known before the unpack.
+    pub diff_id: Option<&'a Digest>,
+    /// The blob's compression, when a media type gives it; else read from its first bytes.
+    pub compression: Option<manifest::Compression>,
+    /// The media type to record (else one for the compression found).
+    pub media_type: Option<&'a str>,
+}
+
+/// The pull's streaming pass over a layer blob from any reader: blob digest, decompression,
+/// DiffID, safe unpack and tar record in one go, with the same limits and checks; the result
+/// stays in `tmp/` until committed. The caller has checked that the store lacks the layer.
+pub fn stage_layer<'a, S: Read>(store: &'a Store, blob: S, expect: &LayerExpect<'_>, max: u64) -> anyhow::Result<StagedLayer<'a>> {
+    let lock = expect.diff_id.map(|d| store.lock_digest(d)).transpose()?;
+    // The unpack directory is named by the DiffID, or for a layer known by less, by a name of
+    // its own (two unknown layers of one load must not share a directory).
+    static UNKNOWN: AtomicUsize = AtomicUsize::new(0);
+    let key = match expect.diff_id {
+        Some(d) => d.clone(),
+        None => Digest::of_bytes(format!("unknown layer {}", UNKNOWN.fetch_add(1, Ordering::SeqCst)).as_bytes()),
+    };
+    let dir = store.new_unpack_dir(&key)?;
+    let mut staged = StagedLayer {
+        store,
+        dir: Some(dir.clone()),
+        info: LayerInfo {
+            diff_id: key.clone(),
+            digest: key,
+            media_type: String::new(),
+            compressed_size: 0,
+            unpacked_size: 0,
+            implicit_dirs: Vec::new(),
+            implicit_settled: false,
+        },
+        _lock: lock,
+    };
+    let (tar, source, compression) = unpack_stream(store, HashingReader::new(blob), expect.compression, &dir, max)?;
+    let blob_size = source.hasher.bytes;
+    let blob_digest = source.hasher.finish();
+    if let Some((want, size)) = expect.blob {
+        if &blob_digest != want {
+            bail!("blob {want} has digest {blob_digest}");
+        }
+        if size.is_some_and(|s| s != blob_size) {
+            bail!("blob {want} has {blob_size} bytes; the manifest says {}", size.unwrap_or(0));
+        }
+    }
+    if let Some(want) = expect.diff_id
+        && &tar.digest != want
+    {
+        bail!("uncompressed layer has digest {}; the image config says {want}", tar.digest);
+    }
+    // A layer whose DiffID was not known beforehand is not locked: the caller may hold that
+    // lock already (the same layer twice in one archive), and a commit that finds the layer
+    // committed by someone else keeps theirs.
+    let media_type = expect.media_type.map(str::to_string).unwrap_or_else(|| {
+        match compression {
+            manifest::Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            manifest::Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            manifest::Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+        .to_string()
+    });
+    staged.info = LayerInfo {
+        diff_id: tar.digest,
+        digest: blob_digest,
+        media_type,
+        compressed_size: blob_size,
+        unpacked_size: tar.size,
+        implicit_settled: tar.implicit_dirs.is_empty(),
+        implicit_dirs: tar.implicit_dirs,
+    };
+    Ok(staged)
 }
 
 /// The blob's bytes: first what an earlier try left in the partial file, then the network,
@@ -434,7 +558,7 @@ impl Read for BlobSource<'_> {
 }
 
 /// Record the image and point the reference at it, under the records lock.
-fn record_image(store: &Store, r: &Reference, rec: &ImageRecord, top: &Digest, manifest: &Digest) -> anyhow::Result<()> {
+pub fn record_image(store: &Store, r: &Reference, rec: &ImageRecord, top: &Digest, manifest: &Digest) -> anyhow::Result<()> {
     let _lock = store.lock_records()?;
     store.save_image(rec)?;
     let mut repos = store.load_repositories()?;

@@ -1,6 +1,15 @@
 //! The few raw system calls shalefs needs, each wrapped so the rest of the crate never touches
 //! `unsafe` or a raw errno. Everything here returns [`Errno`], the errno the kernel gave, so the
 //! union layer can hand the exact error back to the caller of the filesystem.
+//!
+//! Paths below a directory fd may be longer than one system call takes (PATH_MAX): a merged
+//! tree may be as deep as the kernel lets a user build it, with `mkdirat` relative to a deep
+//! directory. Every `*at` wrapper here names such a path through its parent (see [`deep`]).
+
+mod deep;
+
+pub use deep::{forget_deep_dirs, keep_deep_dirs};
+use deep::{Base, PATH_LIMIT, dir_changed, near};
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
@@ -92,8 +101,57 @@ pub fn open_dir(path: &Path) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Open a lower layer's directory through a private clone of its mount (open_tree with
+/// OPEN_TREE_CLONE), as overlayfs takes its layers (clone_private_mount): the daemon's files
+/// then pin the clone, not the mount the user sees, so `umount` of the layers' filesystem
+/// never fails with EBUSY because of this daemon, even in the moment between the union's
+/// unmount and the daemon's exit. Without the privilege (or the system call), a plain open.
+pub fn open_dir_private(path: &Path) -> SysResult<OwnedFd> {
+    let c = path_cstring(path)?;
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: `c` is a valid NUL-terminated string; open_tree returns a new fd or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if tree < 0 {
+        return open_dir(path);
+    }
+    // SAFETY: open_tree just returned this fd and nobody else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    // A directory fd of the clone's root; the clone lives as long as fds into it do.
+    // SAFETY: "." is a valid NUL-terminated string; the returned fd is owned by us.
+    let fd = check(unsafe { libc::openat(tree.as_raw_fd(), c".".as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by openat(2) and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pidfd for process `pid` (pidfd_open), to wait for its exit without a race on PID reuse.
+pub fn pidfd_open(pid: u32) -> SysResult<OwnedFd> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: pidfd_open just returned this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Wait up to `timeout_ms` for the process behind `pidfd` to exit; whether it did.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    loop {
+        // SAFETY: `p` is one valid pollfd.
+        match check(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// lstat relative to a directory fd: never follows a symlink in the last component.
 pub fn fstatat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<libc::stat> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is a valid out pointer for one `struct stat`; `rel` is NUL-terminated.
     check(unsafe { libc::fstatat(dir.as_raw_fd(), rel.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
@@ -128,6 +186,8 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<Ow
 }
 
 pub fn readlinkat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: `buf` is writable for `buf.len()` bytes; `rel` is NUL-terminated.
     let n = check_size(unsafe {
@@ -137,12 +197,36 @@ pub fn readlinkat(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
     Ok(buf)
 }
 
-/// The path through which a file below a directory fd can be named to path-only system calls
-/// (the xattr family has no `*at` form before Linux 6.13).
-pub fn fd_relative_path(dir: BorrowedFd<'_>, rel: &[u8]) -> SysResult<CString> {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(rel);
-    cstring(&p)
+/// A path through /proc naming a file below a directory fd, for path-only system calls (the
+/// xattr family has no `*at` form before Linux 6.13); it holds the fd of a deep parent, if
+/// one had to be opened, for as long as the path is used.
+pub struct ProcPath {
+    path: CString,
+    _parent: Option<std::sync::Arc<OwnedFd>>,
+}
+
+impl std::ops::Deref for ProcPath {
+    type Target = CStr;
+    fn deref(&self) -> &CStr {
+        &self.path
+    }
+}
+
+/// The [`ProcPath`] of `rel` below `dir`.
+pub fn fd_relative_path(dir: BorrowedFd<'_>, rel: &[u8]) -> SysResult<ProcPath> {
+    let rel = cstring(rel)?;
+    // `/proc/self/fd/N/` takes room of the path's limit.
+    let limit = PATH_LIMIT - 32;
+    let (base, name) = near(dir, &rel, limit)?;
+    let mut p = format!("/proc/self/fd/{}/", base.fd().as_raw_fd()).into_bytes();
+    p.extend_from_slice(name.to_bytes());
+    let path = cstring(&p)?;
+    let _parent = match base {
+        Base::Opened(fd) => Some(std::sync::Arc::new(fd)),
+        Base::Kept(fd) => Some(fd),
+        Base::Given(_) => None,
+    };
+    Ok(ProcPath { path, _parent })
 }
 
 /// Fill a buffer through `call(ptr, size)`, a get/list-xattr call that returns the length it
@@ -218,6 +302,8 @@ fn xattrat_missing() -> bool {
 /// Read one xattr of `rel` below `dir`, without following a final symlink: one system call on
 /// Linux ≥ 6.13, else through the /proc path of `dir` (a walk through procfs more).
 pub fn getxattr_at(dir: BorrowedFd<'_>, rel: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let (dir, rel) = (base.fd(), &*rel);
     if !xattrat_missing() {
         let result = read_xattr_value(|buf, size| {
             let args = XattrArgs { value: buf as u64, size: size as u32, flags: 0 };
@@ -246,6 +332,8 @@ pub fn getxattr_at(dir: BorrowedFd<'_>, rel: &CStr, name: &CStr) -> SysResult<Ve
 /// List the xattr names (NUL-separated) of `rel` below `dir`, without following a final
 /// symlink; as [`getxattr_at`].
 pub fn listxattr_at(dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<Vec<u8>> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let (dir, rel) = (base.fd(), &*rel);
     if !xattrat_missing() {
         let result = read_xattr_value(|buf, size| {
             // SAFETY: `buf` is writable for `size` bytes (or null with size 0); `rel` is
@@ -269,18 +357,27 @@ pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> SysResult<()> {
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, rel: &CStr, mode: libc::mode_t, dev: libc::dev_t) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), rel.as_ptr(), mode, dev) })?;
     Ok(())
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<()> {
+    if flags & libc::AT_REMOVEDIR != 0 {
+        dir_changed(dir, rel.to_bytes());
+    }
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), rel.as_ptr(), flags) })?;
     Ok(())
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, rel: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), rel.as_ptr(), mode) })?;
     Ok(())
@@ -360,6 +457,12 @@ pub fn os_str(bytes: &[u8]) -> &OsStr {
 
 /// [`open_beneath`] with the mode for O_CREAT / O_TMPFILE.
 pub fn open_beneath_mode(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    openat2(base.fd(), &rel, flags, mode)
+}
+
+/// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) of a path that fits one call.
+fn openat2(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
         mode: mode as u64,
@@ -377,18 +480,29 @@ pub fn open_beneath_mode(dir: BorrowedFd<'_>, rel: &CStr, flags: i32, mode: u32)
 }
 
 pub fn renameat2(olddir: BorrowedFd<'_>, old: &CStr, newdir: BorrowedFd<'_>, new: &CStr, flags: u32) -> SysResult<()> {
+    // Directories kept open below either name no longer are where their paths say.
+    dir_changed(olddir, old.to_bytes());
+    dir_changed(newdir, new.to_bytes());
+    let (obase, old) = near(olddir, old, PATH_LIMIT)?;
+    let (nbase, new) = near(newdir, new, PATH_LIMIT)?;
+    let (olddir, newdir) = (obase.fd(), nbase.fd());
     // SAFETY: both names are NUL-terminated; the fds are valid for the call.
     check(unsafe { libc::renameat2(olddir.as_raw_fd(), old.as_ptr(), newdir.as_raw_fd(), new.as_ptr(), flags) })?;
     Ok(())
 }
 
 pub fn linkat(olddir: BorrowedFd<'_>, old: &CStr, newdir: BorrowedFd<'_>, new: &CStr) -> SysResult<()> {
+    let (obase, old) = near(olddir, old, PATH_LIMIT)?;
+    let (nbase, new) = near(newdir, new, PATH_LIMIT)?;
+    let (olddir, newdir) = (obase.fd(), nbase.fd());
     // SAFETY: both names are NUL-terminated; the fds are valid for the call.
     check(unsafe { libc::linkat(olddir.as_raw_fd(), old.as_ptr(), newdir.as_raw_fd(), new.as_ptr(), 0) })?;
     Ok(())
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: both strings are NUL-terminated.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), rel.as_ptr()) })?;
     Ok(())
@@ -396,12 +510,16 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, rel: &CStr) -> SysResult<()
 
 /// chown without following a final symlink.
 pub fn lchownat(dir: BorrowedFd<'_>, rel: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
     check(unsafe { libc::fchownat(dir.as_raw_fd(), rel.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(())
 }
 
 pub fn fchmodat(dir: BorrowedFd<'_>, rel: &CStr, mode: u32) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `rel` is NUL-terminated.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), rel.as_ptr(), mode, 0) })?;
     Ok(())
@@ -410,6 +528,8 @@ pub fn fchmodat(dir: BorrowedFd<'_>, rel: &CStr, mode: u32) -> SysResult<()> {
 /// Set atime and mtime without following a final symlink; `UTIME_NOW`/`UTIME_OMIT` in tv_nsec
 /// work as in utimensat(2).
 pub fn lutimensat(dir: BorrowedFd<'_>, rel: &CStr, times: [libc::timespec; 2]) -> SysResult<()> {
+    let (base, rel) = near(dir, rel, PATH_LIMIT)?;
+    let dir = base.fd();
     // SAFETY: `times` points to two timespecs; `rel` is NUL-terminated.
     check(unsafe { libc::utimensat(dir.as_raw_fd(), rel.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(())
@@ -464,6 +584,32 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     // SAFETY: fsync/fdatasync have no memory-safety preconditions.
     check(unsafe { if datasync { libc::fdatasync(fd.as_raw_fd()) } else { libc::fsync(fd.as_raw_fd()) } })?;
     Ok(())
+}
+
+/// Write a file's dirty pages out and wait for them (sync_file_range with WAIT_BEFORE, WRITE
+/// and WAIT_AFTER): the data reaches the device and its blocks are allocated, with no journal
+/// commit and no cache flush of its own.
+pub fn write_out(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range has no memory-safety preconditions; 0/0 means the whole file.
+    check(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, flags) })?;
+    Ok(())
+}
+
+/// Commit the whole filesystem `fd` is on (syncfs).
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: syncfs has no memory-safety preconditions.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
+    Ok(())
+}
+
+/// The filesystem type (statfs' f_type magic) of the filesystem `fd` is on.
+pub fn fs_type(fd: BorrowedFd<'_>) -> SysResult<i64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a valid out pointer for one `struct statfs`.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded, so it filled `st`.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
@@ -547,6 +693,75 @@ pub fn pread_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize, offset: i
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// Paths past PATH_MAX below a directory fd work in every wrapper, and the walk that makes
+    /// them work never follows a symlink on the way.
+    #[test]
+    fn paths_longer_than_path_max_work_and_never_cross_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = open_dir(dir.path()).expect("open");
+        let comp = vec![b'c'; 200];
+        let mut path = Vec::new();
+        for _ in 0..45 {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&comp);
+            mkdirat(root.as_fd(), &cstring(&path).unwrap(), 0o755).expect("mkdir at depth");
+        }
+        assert!(path.len() > 2 * PATH_LIMIT);
+        let file = cstring(&[path.as_slice(), b"/f"].concat()).unwrap();
+        drop(open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o600).expect("create deep"));
+        fchmodat(root.as_fd(), &file, 0o640).expect("chmod deep");
+        assert_eq!(fstatat(root.as_fd(), &file).expect("stat deep").st_mode & 0o777, 0o640);
+        let xpath = fd_relative_path(root.as_fd(), file.to_bytes()).expect("proc path");
+        lsetxattr(&xpath, c"user.deep", b"v").expect("setxattr deep");
+        assert_eq!(getxattr_at(root.as_fd(), &file, c"user.deep"), Ok(b"v".to_vec()));
+        let moved = cstring(&[path.as_slice(), b"/g"].concat()).unwrap();
+        renameat2(root.as_fd(), &file, root.as_fd(), &moved, 0).expect("rename deep");
+        symlinkat(c"g", root.as_fd(), &file).expect("symlink deep");
+        assert_eq!(readlinkat(root.as_fd(), &file), Ok(b"g".to_vec()));
+        unlinkat(root.as_fd(), &file, 0).expect("unlink deep");
+        // A symlink in place of a middle directory: the walk refuses it rather than follow.
+        let middle = cstring(&path[..comp.len() * 10 + 9]).unwrap();
+        renameat2(root.as_fd(), &middle, root.as_fd(), c"moved-away", 0).expect("move a middle dir");
+        symlinkat(c"/", root.as_fd(), &middle).expect("plant a symlink");
+        assert_eq!(fstatat(root.as_fd(), &moved).map(drop), Err(Errno::ELOOP));
+    }
+
+    /// Deep directories kept open for a root never outlive a rename or removal above them: the
+    /// same path then names the new directory, not the moved or removed one.
+    #[test]
+    fn kept_deep_directories_follow_renames_and_removals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = open_dir(dir.path()).expect("open");
+        keep_deep_dirs(root.as_fd());
+        let comp = vec![b'k'; 250];
+        let chain = |levels: usize| vec![comp.clone(); levels].join(&b'/');
+        for level in 1..=10 {
+            mkdirat(root.as_fd(), &cstring(&chain(level)).unwrap(), 0o755).expect("mkdir");
+        }
+        let file = cstring(&[chain(10).as_slice(), b"/f"].concat()).unwrap();
+        drop(open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o600).expect("create"));
+        let first = fstatat(root.as_fd(), &file).expect("stat").st_ino;
+        // Move a directory half-way up away, and build the same path anew.
+        renameat2(root.as_fd(), &cstring(&chain(5)).unwrap(), root.as_fd(), c"away", 0).expect("rename");
+        assert_eq!(fstatat(root.as_fd(), &file).map(drop), Err(Errno::ENOENT));
+        for level in 5..=10 {
+            mkdirat(root.as_fd(), &cstring(&chain(level)).unwrap(), 0o755).expect("mkdir again");
+        }
+        drop(open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o600).expect("create again"));
+        let second = fstatat(root.as_fd(), &file).expect("stat").st_ino;
+        assert_ne!(first, second);
+        // Remove the bottom directory and make it again: still the new one.
+        unlinkat(root.as_fd(), &file, 0).expect("unlink");
+        unlinkat(root.as_fd(), &cstring(&chain(10)).unwrap(), libc::AT_REMOVEDIR).expect("rmdir");
+        assert_eq!(fstatat(root.as_fd(), &file).map(drop), Err(Errno::ENOENT));
+        mkdirat(root.as_fd(), &cstring(&chain(10)).unwrap(), 0o755).expect("mkdir a third time");
+        symlinkat(c"t", root.as_fd(), &file).expect("symlink");
+        assert_eq!(readlinkat(root.as_fd(), &file), Ok(b"t".to_vec()));
+        forget_deep_dirs(root.as_fd());
+    }
 
     #[test]
     fn xattrs_read_alike_by_dir_fd_and_by_path_short_and_long() {

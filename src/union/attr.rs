@@ -53,12 +53,31 @@ impl Union {
             st.st_blocks = self.stack.get(data.layer)?.stat(&data.path)?.st_blocks;
         }
         present(&mut st, node.ino, node.is_merged_dir());
+        if let Ok(top) = &top {
+            self.count_merged_names(node.ino, node.kind(), top, &mut st);
+        }
         // Removed but still open: kept in the work directory, and has no name.
         if top.is_ok_and(|t| t.layer == super::layer::WORK_LAYER) {
             st.st_nlink = 0;
         }
         self.ids.show(&mut st);
         Ok(st)
+    }
+
+    /// st_nlink of a hard-linked lower file that was never copied up: the lower's count less
+    /// the names this mount removed (unlinked, renamed over, hidden) — what overlayfs
+    /// (index=on) reports, which also keeps counting names the lowers themselves hide. Only
+    /// lower files with several links pay for it: a lookup of each of their names with and
+    /// without the upper, and on the first one, one walk of the layer for its hard links and
+    /// moved directories.
+    pub(super) fn count_merged_names(&self, ino: u64, kind: u32, top: &super::node::Branch, st: &mut libc::stat) {
+        if kind != libc::S_IFREG || st.st_nlink <= 1 || self.is_upper(std::slice::from_ref(top)) {
+            return;
+        }
+        let shown = |with_upper| self.names_in(ino, kind, top, with_upper).map(|n| n.len() as u64);
+        if let (Ok(before), Ok(now)) = (shown(false), shown(true)) {
+            st.st_nlink = (st.st_nlink as u64).saturating_sub(before.saturating_sub(now)) as _;
+        }
     }
 
     pub fn setattr(&self, ino: u64, change: SetAttr, fh: Option<u64>) -> SysResult<libc::stat> {

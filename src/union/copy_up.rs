@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::sys::{self, Errno, SysResult};
@@ -32,8 +32,55 @@ pub enum CopyUp {
     Metadata,
 }
 
+/// How a copy-up reaches the disk before its rename makes it visible (issue 14; overlayfs
+/// fsyncs every copy-up unless mounted `volatile`). The danger is the rename surviving a power
+/// cut while the copy's data does not: the copy would then hide the lower data it copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `-o volatile`: nothing is synced; a crash can leave copies that hide their lower data.
+    Volatile,
+    /// The copy's data is written out and waited for before the rename (sync_file_range); the
+    /// filesystem's journal then commits the copy's metadata and the rename in order, and every
+    /// commit flushes the disk cache before its commit record, so no commit can hold the rename
+    /// without the data being on stable media (ext4's auto_da_alloc relies on the same order).
+    /// No journal commit per copy-up. For ext4 with a journal, xfs and btrfs.
+    Ordered,
+    /// fsync of the copy before the rename, and of the parent after a directory's rename: for
+    /// filesystems that promise no order between metadata updates.
+    Synced,
+}
+
+impl Durability {
+    /// Make the copy open as `fd` (a regular file or a directory) durable as far as this
+    /// policy needs, before it is renamed into place or its metacopy mark is removed.
+    fn before_visible(self, fd: Option<BorrowedFd<'_>>) -> SysResult<()> {
+        let Some(fd) = fd else { return Ok(()) };
+        match self {
+            Durability::Volatile => Ok(()),
+            // Metadata needs nothing (the journal orders it), nor does a directory.
+            Durability::Ordered => match sys::write_out(fd) {
+                Err(Errno(libc::ESPIPE)) => Ok(()),
+                r => r,
+            },
+            Durability::Synced => sys::fsync(fd, false),
+        }
+    }
+}
+
 /// Lower files with more than one link, by inode: every path of each, in one layer.
 pub type AliasMap = HashMap<u64, Vec<Vec<u8>>>;
+
+/// Moved directories of one layer: (its path in the layer, the path its redirect names in the
+/// layers below).
+pub type Moves = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What one walk of a lower layer finds (lowers never change, so it is done once, on the
+/// first need): its hard-linked files and its moved directories.
+#[derive(Debug, Default)]
+pub struct LayerLinks {
+    pub aliases: AliasMap,
+    pub moves: Moves,
+}
 
 /// What a copied regular file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +107,18 @@ impl Union {
 
     /// Walk the merged view from the root to `path`.
     pub(super) fn resolve(&self, path: &[u8]) -> SysResult<Found> {
+        self.resolve_in(path, true)
+    }
+
+    /// Walk from the root to `path` in the merged view, or (`with_upper` false) in the view of
+    /// the lowers alone, as it was before this upper changed anything.
+    fn resolve_in(&self, path: &[u8], with_upper: bool) -> SysResult<Found> {
         let root = self.nodes.get(super::ino::ROOT_INO)?.state();
-        let (mut dir_path, mut branches) = (root.path, root.branches);
+        let mut branches = root.branches;
+        if !with_upper {
+            branches.retain(|b| !self.is_upper(std::slice::from_ref(b)));
+        }
+        let mut dir_path = root.path;
         let mut found = None;
         for part in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
             let f = self.find(&dir_path, &branches, part)?.ok_or(Errno::ENOENT)?;
@@ -74,21 +131,44 @@ impl Union {
 
     /// Make sure the directory at merged path `dir` exists in the upper, copying it (and its
     /// parents first) from the layer that shows it. Returns its attributes in the upper.
+    ///
+    /// One walk of the merged view from the root copies every missing directory on the way, so
+    /// a deep lower tree costs one lookup per level, not one walk from the root per level.
     pub(super) fn ensure_upper_dir(&self, dir: &CStr) -> SysResult<libc::stat> {
         let upper = self.upper()?;
+        let as_dir = |st: libc::stat| if kind_of(&st) == libc::S_IFDIR { Ok(st) } else { Err(Errno::ENOTDIR) };
         if let Ok(st) = upper.stat(dir) {
-            return if kind_of(&st) == libc::S_IFDIR { Ok(st) } else { Err(Errno::ENOTDIR) };
+            return as_dir(st);
         }
-        self.ensure_upper_dir(&sys::cstring(&parent_of(dir.to_bytes()))?)?;
-        let found = self.resolve(dir.to_bytes())?;
-        if found.kind != libc::S_IFDIR {
-            return Err(Errno::ENOTDIR);
+        let parts: Vec<&[u8]> = dir.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+        // The deepest ancestor the upper has already; the root always is there.
+        let mut have = parts.len().saturating_sub(1);
+        while have > 0 {
+            match upper.stat(&sys::cstring(&parts[..have].join(&b'/'))?) {
+                Ok(st) => {
+                    as_dir(st)?;
+                    break;
+                }
+                Err(_) => have -= 1,
+            }
         }
-        match self.copy_up_found(&found, CopyUp::Metadata) {
-            // Another request copied it up first: either way it is there now.
-            Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => upper.stat(dir),
-            Err(e) => Err(e),
+        let root = self.nodes.get(super::ino::ROOT_INO)?.state();
+        let (mut dir_path, mut branches) = (root.path, root.branches);
+        for (i, part) in parts.iter().enumerate() {
+            let found = self.find(&dir_path, &branches, part)?.ok_or(Errno::ENOENT)?;
+            if found.kind != libc::S_IFDIR {
+                return Err(Errno::ENOTDIR);
+            }
+            if i >= have {
+                match self.copy_up_found(&found, CopyUp::Metadata) {
+                    // Another request copied it up first: either way it is there now.
+                    Ok(()) | Err(Errno::EEXIST) | Err(Errno::ENOTEMPTY) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            (dir_path, branches) = (found.path, found.branches);
         }
+        as_dir(upper.stat(dir)?)
     }
 
     /// Copy a node up, as far as `need` asks, if it is not in the upper that far yet.
@@ -119,24 +199,72 @@ impl Union {
         Ok(())
     }
 
-    /// Where the merged view shows this node now: its last known name, or — a hard-linked file
-    /// whose name was removed — another name of the same lower file.
+    /// Where the merged view shows this node now: its last known name, or — that name was
+    /// removed, or a directory above it moved — any other name the merged view shows its lower
+    /// object by (its own lower path or another hard link's, seen through moved directories).
     fn visible_name(&self, node: &Node, path: &CStr, lower: &Branch) -> SysResult<std::ffi::CString> {
         if self.resolve(path.to_bytes()).is_ok_and(|f| f.ino == node.ino) {
             return Ok(path.to_owned());
         }
+        let names = self.merged_names(node.ino, node.kind(), lower)?;
+        let name = names.into_iter().next().ok_or(Errno::ENOENT)?;
+        sys::cstring(&name)
+    }
+
+    /// Every name under which the merged view shows the lower object `lower` (whose merged
+    /// inode number is `ino`): each of its lower paths — a hard-linked file has several — as
+    /// the layers above spell it after their directory moves, kept where a lookup finds this
+    /// very object.
+    pub(super) fn merged_names(&self, ino: u64, kind: u32, lower: &Branch) -> SysResult<Vec<Vec<u8>>> {
+        self.names_in(ino, kind, lower, true)
+    }
+
+    /// [`Self::merged_names`] in the merged view, or (`with_upper` false) in the lowers' own.
+    pub(super) fn names_in(&self, ino: u64, kind: u32, lower: &Branch, with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
         let layer = self.stack.get(lower.layer)?;
-        let real = layer.stat(&lower.path)?;
-        if node.kind() == libc::S_IFREG && real.st_nlink > 1 && layer.role == Role::Lower {
-            let map = self.alias_map(lower.layer)?;
-            for alias in map.get(&real.st_ino).into_iter().flatten() {
-                if let Ok(f) = self.resolve(alias)
-                    && f.ino == node.ino {
-                        return Ok(f.path);
-                    }
+        let mut spellings = vec![lower.path.to_bytes().to_vec()];
+        if kind == libc::S_IFREG && layer.role == Role::Lower && layer.stat(&lower.path)?.st_nlink > 1 {
+            let real = layer.stat(&lower.path)?;
+            let links = self.layer_links(lower.layer)?;
+            spellings.extend(links.aliases.get(&real.st_ino).into_iter().flatten().filter(|p| p.as_slice() != lower.path.to_bytes()).cloned());
+        }
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for spelling in spellings {
+            for name in self.shown_at(lower.layer, &spelling, with_upper)? {
+                if !names.contains(&name) && self.resolve_in(&name, with_upper).is_ok_and(|f| f.ino == ino) {
+                    names.push(name);
+                }
             }
         }
-        Err(Errno::ENOENT)
+        Ok(names)
+    }
+
+    /// The merged paths at which a path of layer `layer` may show: the path itself, and where
+    /// each layer above, nearest first, moved a directory on the way (a redirect names the path
+    /// in the layers below it). Candidates only: the caller looks each up.
+    fn shown_at(&self, layer: u16, path: &[u8], with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
+        let mut names = vec![path.to_vec()];
+        for above in (0..layer).rev() {
+            let moves = match self.stack.get(above)?.role {
+                Role::Upper if with_upper => self.upper_moves(),
+                Role::Upper => continue,
+                _ => self.layer_links(above)?.moves.clone(),
+            };
+            let mut more = Vec::new();
+            for name in &names {
+                for (dir, target) in moves.iter() {
+                    if let Some(new) = super::dir::replace_prefix(name, target, dir) {
+                        more.push(new);
+                    }
+                }
+            }
+            for m in more {
+                if !names.contains(&m) {
+                    names.push(m);
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// Copy the object `found` (a directory: itself only) to `found.path` in the upper.
@@ -154,27 +282,36 @@ impl Union {
             _ if metacopy => Content::Sparse,
             _ => Content::Data,
         };
+        // A metacopy lower (once a metacopy=on upper) holds no data: that is in the layer its
+        // chain of redirects ends in, the last branch (overlayfs: ovl_path_lowerdata).
+        let data = match found.branches.last() {
+            Some(d) if kind_of(&st) == libc::S_IFREG && found.branches.len() > 1 => d,
+            _ => src,
+        };
+        let data_src = (self.stack.get(data.layer)?, data.path.as_c_str());
         let tmp = self.temp_name();
-        let result = self.build_copy(src_layer, &src.path, &st, &tmp, content).and_then(|()| {
+        let result = self.build_copy(src_layer, &src.path, &st, &tmp, content, data_src).and_then(|copy| {
             if metacopy {
                 self.set_work_xattr(&tmp, METACOPY_XATTR, &METACOPY_VALUE)?;
             }
-            if kind_of(&st) == libc::S_IFDIR {
-                // Reached through a redirect: the layers below know it under another path.
-                if src.path != found.path {
-                    let mut target = b"/".to_vec();
-                    target.extend_from_slice(src.path.to_bytes());
-                    self.set_work_xattr(&tmp, b"redirect", &target)?;
-                }
-            } else {
+            // A directory reached through a moved parent gets no redirect of its own, as on
+            // overlayfs: a lookup finds its lower parts through the parent's, layer by layer. An
+            // absolute one would be read from the root of every layer below, where a middle
+            // layer (once an upper) may have moved or replaced that path.
+            if kind_of(&st) != libc::S_IFDIR {
                 self.set_work_xattr(&tmp, ORIGIN_XATTR, found.ino.to_string().as_bytes())?;
             }
             sys::lutimensat(work.fd(), &tmp, sys::stat_times(&st))?;
+            self.durability.before_visible(copy.as_ref().map(|f| f.as_fd()))?;
             let parent = sys::cstring(&parent_of(found.path.to_bytes()))?;
             let parent_times = upper.stat(&parent).map(|p| sys::stat_times(&p));
             sys::renameat2(work.fd(), &tmp, upper.fd(), &found.path, libc::RENAME_NOREPLACE)?;
             if let Ok(times) = parent_times {
                 let _ = sys::lutimensat(upper.fd(), &parent, times);
+            }
+            if kind_of(&st) == libc::S_IFDIR && self.durability == Durability::Synced {
+                // What is copied into it next depends on its name being there.
+                sys::fsync(sys::open_beneath(upper.fd(), &parent, libc::O_RDONLY | libc::O_DIRECTORY)?.as_fd(), false)?;
             }
             Ok(())
         });
@@ -223,6 +360,7 @@ impl Union {
             sys::ftruncate(out.as_fd(), 0)?;
         }
         sys::futimens(out.as_fd(), times)?;
+        self.durability.before_visible(Some(out.as_fd()))?;
         // The redirect of a moved metacopy file pointed at its data; the data is here now.
         self.remove_upper_xattr(&top.path, b"redirect")?;
         self.remove_upper_xattr(&top.path, METACOPY_XATTR)?;
@@ -231,21 +369,28 @@ impl Union {
     }
 
     /// Build the copy of one object at `tmp` in the work directory, with owner, mode and xattrs.
-    fn build_copy(&self, src_layer: &Layer, src: &CStr, st: &libc::stat, tmp: &CStr, content: Content) -> SysResult<()> {
+    /// A regular file's data is read from `data` (the object itself, or where a metacopy's is).
+    /// Returns the copy, open, if it is a regular file or a directory (for syncing it).
+    fn build_copy(&self, src_layer: &Layer, src: &CStr, st: &libc::stat, tmp: &CStr, content: Content, data: (&Layer, &CStr)) -> SysResult<Option<OwnedFd>> {
         let work = self.work()?;
+        let mut copy = None;
         match kind_of(st) {
-            libc::S_IFDIR => sys::mkdirat(work.fd(), tmp, 0o700)?,
+            libc::S_IFDIR => {
+                sys::mkdirat(work.fd(), tmp, 0o700)?;
+                copy = Some(sys::open_beneath(work.fd(), tmp, libc::O_RDONLY | libc::O_DIRECTORY)?);
+            }
             libc::S_IFREG => {
                 let out = sys::open_beneath_mode(work.fd(), tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
                 match content {
                     Content::Data => {
-                        let input = sys::open_beneath(src_layer.fd(), src, libc::O_RDONLY)?;
+                        let input = sys::open_beneath(data.0.fd(), data.1, libc::O_RDONLY)?;
                         copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
                     }
                     // A metacopy has the size of its data and no blocks (overlayfs: ovl_set_size).
                     Content::Sparse => sys::ftruncate(out.as_fd(), st.st_size as u64)?,
                     Content::Empty => {}
                 }
+                copy = Some(out);
             }
             libc::S_IFLNK => {
                 let target = sys::readlinkat(src_layer.fd(), src)?;
@@ -259,7 +404,7 @@ impl Union {
         if kind_of(st) != libc::S_IFLNK {
             sys::fchmodat(work.fd(), tmp, st.st_mode & 0o7777)?;
         }
-        Ok(())
+        Ok(copy)
     }
 
     /// Every xattr but the overlay's own goes with the copy.
@@ -288,31 +433,19 @@ impl Union {
     /// upper copy at once, so the upper holds one file under all of them (as overlayfs' index
     /// gives, but in a form any overlayfs can mount).
     fn copy_up_aliases(&self, lower: &Branch, found: &Found) -> SysResult<()> {
-        let layer = self.stack.get(lower.layer)?;
-        if layer.role != Role::Lower {
+        if self.stack.get(lower.layer)?.role != Role::Lower {
             return Ok(());
         }
-        let real = layer.stat(&lower.path)?;
-        let map = self.alias_map(lower.layer)?;
-        let Some(paths) = map.get(&real.st_ino) else { return Ok(()) };
         let upper = self.upper()?;
-        let moved = self.upper_redirects();
-        for alias in paths.iter().filter(|p| p.as_slice() != lower.path.to_bytes()) {
-            // Only a name that still shows this very file in the merged view: the lower path
-            // itself, or where a moved (redirected) directory shows it now.
-            let mut shown_at = vec![alias.clone()];
-            shown_at.extend(moved.iter().filter_map(|(merged, target)| {
-                let rest = alias.strip_prefix(target.as_slice())?.strip_prefix(b"/")?;
-                Some(join(merged, rest))
-            }));
-            let Some(f) = shown_at.iter().filter_map(|m| self.resolve(m).ok()).find(|f| f.ino == found.ino) else {
-                continue;
-            };
-            if self.is_upper(&f.branches) {
+        // Only names that still show this very file: the lower paths, or where moved
+        // (redirected) directories show them now. The copy's own name is in the upper now.
+        for name in self.merged_names(found.ino, found.kind, lower)? {
+            let name = sys::cstring(&name)?;
+            if name == found.path || self.resolve(name.to_bytes()).is_ok_and(|f| self.is_upper(&f.branches)) {
                 continue;
             }
-            self.ensure_upper_dir(&sys::cstring(&parent_of(f.path.to_bytes()))?)?;
-            match sys::linkat(upper.fd(), &found.path, upper.fd(), &f.path) {
+            self.ensure_upper_dir(&sys::cstring(&parent_of(name.to_bytes()))?)?;
+            match sys::linkat(upper.fd(), &found.path, upper.fd(), &name) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(e),
             }
@@ -320,55 +453,96 @@ impl Union {
         Ok(())
     }
 
-    /// The moved directories of the upper: (merged path, the lower path its redirect names).
-    fn upper_redirects(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        fn walk(layer: &Layer, dir: &[u8], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
-            let Ok(entries) = layer.read_dir(dir) else { return };
-            for (name, kind, _) in entries {
-                if kind != libc::S_IFDIR {
-                    continue;
-                }
-                let rel = join(dir, &name);
-                if let Some(r) = sys::cstring(&rel).ok().and_then(|c| layer.overlay_xattr(&c, b"redirect"))
-                    && let Some((d, n)) = super::lookup::redirect_target(dir, &r) {
-                        out.push((rel.clone(), join(&d, &n)));
-                    }
-                walk(layer, &rel, out);
-            }
+    /// The moved directories of the upper, walked for once on the first need and kept up to
+    /// date by every change that makes, moves or removes one (see [`Self::note_upper_move`]).
+    pub(super) fn upper_moves(&self) -> Moves {
+        let mut known = self.upper_moves.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = known.as_ref() {
+            return m.clone();
         }
-        let mut out = Vec::new();
+        let mut out = Moves::new();
         if let Ok(upper) = self.upper() {
-            walk(upper, b".", &mut out);
+            collect_moves(upper, b".", &mut out);
         }
+        *known = Some(out.clone());
         out
     }
 
-    /// The hard-link map of a lower layer, built on first need by one walk of the layer.
-    fn alias_map(&self, layer_index: u16) -> SysResult<Arc<AliasMap>> {
+    /// A directory of the upper got a redirect (`target`, resolved) at merged path `dir`.
+    pub(super) fn note_upper_move(&self, dir: &[u8], target: &[u8]) {
+        if let Some(m) = self.upper_moves.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            m.retain(|(d, _)| d.as_slice() != dir);
+            m.push((dir.to_vec(), target.to_vec()));
+        }
+    }
+
+    /// Paths of the upper moved (`exchange`: swapped), or removed (`to` None): the moved
+    /// directories at and under them follow.
+    pub(super) fn upper_paths_moved(&self, from: &[u8], to: Option<&[u8]>, exchange: bool) {
+        let mut known = self.upper_moves.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(m) = known.as_mut() else { return };
+        match to {
+            None => m.retain(|(d, _)| super::dir::replace_prefix(d, from, b"").is_none()),
+            Some(to) => {
+                for (d, _) in m.iter_mut() {
+                    let moved = super::dir::replace_prefix(d, from, to).or_else(|| if exchange { super::dir::replace_prefix(d, to, from) } else { None });
+                    if let Some(new) = moved {
+                        *d = new;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The hard links and moved directories of a lower layer, found by one walk on first need.
+    pub(super) fn layer_links(&self, layer_index: u16) -> SysResult<Arc<LayerLinks>> {
         let mut cache = self.aliases.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = cache.get(&layer_index) {
             return Ok(m.clone());
         }
         let layer = self.stack.get(layer_index)?;
-        let mut map = AliasMap::new();
-        collect_links(layer, b".", &mut map);
-        map.retain(|_, v| v.len() > 1);
-        let map = Arc::new(map);
-        cache.insert(layer_index, map.clone());
-        Ok(map)
+        let mut links = LayerLinks::default();
+        collect_links(layer, b".", &mut links);
+        links.aliases.retain(|_, v| v.len() > 1);
+        let links = Arc::new(links);
+        cache.insert(layer_index, links.clone());
+        Ok(links)
     }
 }
 
-fn collect_links(layer: &Layer, dir: &[u8], map: &mut AliasMap) {
+/// The directories of `layer` below `dir` that have a redirect: (path, the path it names).
+fn collect_moves(layer: &Layer, dir: &[u8], out: &mut Moves) {
+    let Ok(entries) = layer.read_dir(dir) else { return };
+    for (name, kind, _) in entries {
+        if kind == libc::S_IFDIR {
+            let rel = join(dir, &name);
+            note_redirect(layer, dir, &rel, out);
+            collect_moves(layer, &rel, out);
+        }
+    }
+}
+
+fn note_redirect(layer: &Layer, dir: &[u8], rel: &[u8], out: &mut Moves) {
+    if let Some(r) = sys::cstring(rel).ok().and_then(|c| layer.dir_info(c.to_bytes()).1)
+        && let Some((d, n)) = super::lookup::redirect_target(dir, &r)
+    {
+        out.push((rel.to_vec(), join(&d, &n)));
+    }
+}
+
+fn collect_links(layer: &Layer, dir: &[u8], links: &mut LayerLinks) {
     let Ok(entries) = layer.read_dir(dir) else { return };
     for (name, kind, ino) in entries {
         let rel = join(dir, &name);
         match kind {
-            libc::S_IFDIR => collect_links(layer, &rel, map),
+            libc::S_IFDIR => {
+                note_redirect(layer, dir, &rel, &mut links.moves);
+                collect_links(layer, &rel, links)
+            }
             libc::S_IFREG => {
                 let nlink = sys::cstring(&rel).ok().and_then(|c| layer.stat(&c).ok()).map_or(1, |s| s.st_nlink);
                 if nlink > 1 {
-                    map.entry(ino).or_default().push(rel);
+                    links.aliases.entry(ino).or_default().push(rel);
                 }
             }
             _ => {}

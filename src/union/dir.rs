@@ -16,6 +16,9 @@ use super::layer::{WORK_LAYER, join, join_c};
 use super::lookup::{Found, check_name};
 use super::node::{Branch, Node, NodeState};
 
+/// overlayfs' default `redirect_max`: the longest absolute redirect a move may write.
+const REDIRECT_MAX: usize = 256;
+
 /// Who asks: new objects belong to them.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
@@ -165,8 +168,7 @@ impl Union {
         if self.find(&pstate.path, &pstate.branches, newname)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        // The new name needs no lower path to read its data from: copy it whole.
-        self.copy_up_node(&node, CopyUp::Data)?;
+        self.copy_up_for_link(&node)?;
         self.ensure_upper_dir(&pstate.path)?;
         let (upper, work) = (self.upper()?, self.work()?);
         let top = node.top()?;
@@ -186,6 +188,27 @@ impl Union {
         let pstate = pnode.state();
         let found = self.find(&pstate.path, &pstate.branches, newname)?.ok_or(Errno::EIO)?;
         Ok(self.entry(newparent, &found))
+    }
+
+    /// Get a file ready for another name. With `metacopy=on` a regular file stays metadata
+    /// only, as on overlayfs (ovl_link copies up without data): its data is found through an
+    /// absolute redirect, which every name of the upper inode shares, naming it as the next
+    /// layer down spells it. Otherwise it is copied whole.
+    fn copy_up_for_link(&self, node: &Node) -> SysResult<()> {
+        if !self.metacopy || node.kind() != libc::S_IFREG {
+            return self.copy_up_node(node, CopyUp::Data);
+        }
+        self.copy_up_node(node, CopyUp::Metadata)?;
+        if !node.is_metacopy() {
+            return Ok(());
+        }
+        let state = node.state();
+        let upper = self.upper()?;
+        let (Some(top), Some(below)) = (state.branches.first(), state.branches.get(1)) else { return Ok(()) };
+        if upper.overlay_xattr(&top.path, b"redirect").is_none() {
+            self.set_upper_xattr(&top.path, b"redirect", &absolute(&below.path))?;
+        }
+        Ok(())
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> SysResult<()> {
@@ -234,6 +257,18 @@ impl Union {
     fn remove_upper_entry(&self, found: &Found, dir: bool, needs_whiteout: bool, live: Option<&Node>) -> SysResult<()> {
         let (upper, work) = (self.upper()?, self.work()?);
         let open = live.is_some_and(|n| n.open_count.load(Ordering::Relaxed) > 0);
+        if dir {
+            self.upper_paths_moved(found.path.to_bytes(), None, false);
+        }
+        // An upper directory that holds nothing, not even whiteouts, goes at once (as overlayfs'
+        // rmdir of a pure upper directory): no move to the work directory, which costs the
+        // kernel a walk up the whole tree to check the move is legal.
+        if dir && !needs_whiteout && sys::unlinkat(upper.fd(), &found.path, libc::AT_REMOVEDIR).is_ok() {
+            if let Some(n) = live {
+                n.update(|s| s.branches.clear());
+            }
+            return Ok(());
+        }
         if dir || (open && found.stat.st_nlink <= 1) {
             // A directory may still hold whiteouts, and an open file must stay reachable for
             // fchmod/futimens by inode: move it to the work directory.
@@ -351,6 +386,12 @@ impl Union {
         let src_side_lower = self.lower_shows(&ps, name)?;
         let dst_side_lower = self.lower_shows(&nps, newname)?;
         let src_lower_shows = !exchange && src_side_lower;
+        if parent != newparent {
+            self.check_redirect_fits(&src)?;
+            if let (true, Some(d)) = (exchange, &dst) {
+                self.check_redirect_fits(d)?;
+            }
+        }
         self.prepare_to_move(&src, dst_side_lower)?;
         if let (true, Some(d)) = (exchange, &dst) {
             self.prepare_to_move(d, src_side_lower)?;
@@ -381,6 +422,20 @@ impl Union {
         Ok(())
     }
 
+    /// A directory with lower parts that moves to another directory records their path in an
+    /// absolute redirect. overlayfs refuses one longer than its `redirect_max` (256 by default)
+    /// with EXDEV, and `mv` then copies the tree instead: the same here, so that deep moves
+    /// behave alike (a rename within one directory needs only a name there, and always works).
+    fn check_redirect_fits(&self, obj: &Found) -> SysResult<()> {
+        if obj.kind != libc::S_IFDIR {
+            return Ok(());
+        }
+        match obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b))) {
+            Some(b) if b.path.to_bytes().len() + 1 > REDIRECT_MAX => Err(Errno::EXDEV),
+            _ => Ok(()),
+        }
+    }
+
     /// Get an object ready to move: in the upper, and for a directory a record of where its
     /// lower parts are (redirect) or, if it has none, opacity where a lower would show through.
     fn prepare_to_move(&self, obj: &Found, lower_at_target: bool) -> SysResult<()> {
@@ -395,9 +450,8 @@ impl Union {
             self.ensure_upper_dir(&obj.path)?;
             match lower {
                 Some(b) => {
-                    let mut target = b"/".to_vec();
-                    target.extend_from_slice(b.path.to_bytes());
-                    self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+                    self.set_upper_xattr(&obj.path, b"redirect", &dir_redirect(&b.path, &obj.path)?)?;
+                    self.note_upper_move(obj.path.to_bytes(), b.path.to_bytes());
                 }
                 None if lower_at_target => self.set_upper_xattr(&obj.path, b"opaque", b"y")?,
                 None => {}
@@ -412,13 +466,13 @@ impl Union {
                 }
             }
             // A moved metacopy file finds its data through a redirect, as with overlayfs'
-            // metacopy: the path of the data in the layers below.
+            // metacopy: where the next layer down has it, spelled as that layer spells it
+            // (that layer may be a metacopy too, with a redirect of its own, and the data's
+            // path there may be whited out).
             let upper = self.upper()?;
-            let data = obj.branches.last().filter(|b| !self.is_upper(std::slice::from_ref(b)));
-            if let Some(data) = data.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
-                let mut target = b"/".to_vec();
-                target.extend_from_slice(data.path.to_bytes());
-                self.set_upper_xattr(&obj.path, b"redirect", &target)?;
+            let below = obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b)));
+            if let Some(below) = below.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
+                self.set_upper_xattr(&obj.path, b"redirect", &absolute(&below.path))?;
             }
             Ok(())
         }
@@ -454,6 +508,7 @@ impl Union {
     /// Lower branches stay: a moved directory finds them through its redirect.
     fn renamed(&self, from: &CStr, to: &CStr, exchange: bool) {
         let (a, b) = (from.to_bytes(), to.to_bytes());
+        self.upper_paths_moved(a, Some(b), exchange);
         for node in self.nodes.all() {
             node.update(|s| {
                 let p = s.path.to_bytes();
@@ -475,8 +530,26 @@ impl Union {
     }
 }
 
+/// A redirect naming `path` from the layer root (overlayfs' absolute form).
+fn absolute(path: &CStr) -> Vec<u8> {
+    [b"/".as_slice(), path.to_bytes()].concat()
+}
+
+/// The redirect of a directory whose lower parts are at `lower`, moved from merged path `from`:
+/// absolute (`/` + the lower path), or, when that is longer than overlayfs' `redirect_max` and
+/// the move stays in the directory where the lower parts are, the old name alone (overlayfs'
+/// relative redirect, resolved beside the directory). A long one elsewhere was refused before.
+fn dir_redirect(lower: &CStr, from: &CStr) -> SysResult<Vec<u8>> {
+    let lower = lower.to_bytes();
+    if lower.len() < REDIRECT_MAX {
+        return Ok([b"/".as_slice(), lower].concat());
+    }
+    let (parent, name) = (super::util::parent_of(lower), super::util::name_of(lower));
+    if parent == super::util::parent_of(from.to_bytes()) { Ok(name.to_vec()) } else { Err(Errno::EXDEV) }
+}
+
 /// `prefix` or `prefix/rest` → `new` or `new/rest`.
-fn replace_prefix(path: &[u8], prefix: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn replace_prefix(path: &[u8], prefix: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     if path == prefix {
         return Some(new.to_vec());
     }

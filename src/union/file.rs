@@ -145,8 +145,22 @@ impl Union {
         Ok(written)
     }
 
+    /// fsync/fdatasync reach the real file. Where the upper's filesystem does not order its
+    /// metadata (no journal), the name the file has in the upper is synced too: it may come from
+    /// a copy-up or create that nothing has synced yet. (On a journaled filesystem the file's own
+    /// commit carries every earlier rename and create.)
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
-        sys::fsync(self.files.get(fh)?.fd(), datasync)
+        let open = self.files.get(fh)?;
+        sys::fsync(open.fd(), datasync)?;
+        if self.durability == super::copy_up::Durability::Synced {
+            let state = open.node.state();
+            if let Some(top) = state.branches.first().filter(|b| self.is_upper(std::slice::from_ref(b)) && b.layer == 0) {
+                let parent = sys::cstring(&super::util::parent_of(top.path.to_bytes()))?;
+                let dir = sys::open_beneath(self.upper()?.fd(), &parent, libc::O_RDONLY | libc::O_DIRECTORY)?;
+                sys::fsync(dir.as_fd(), false)?;
+            }
+        }
+        Ok(())
     }
 
     /// fsync of a directory: only an upper directory has anything to flush.

@@ -3,6 +3,8 @@
 //!
 //! Objects inside a layer are named by a path relative to the layer root and reached through the
 //! root's fd (`fstatat`, `openat2(RESOLVE_BENEATH)`), so nothing outside the layer is reachable.
+//! A path of any length works: `sys` reaches a deep one through its parent, kept open for the
+//! layer's root (`sys::keep_deep_dirs`), so a call deep down costs what one near the root does.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -72,8 +74,12 @@ impl Layer {
         if !meta.is_dir() {
             anyhow::bail!("{kind} {}: not a directory", path.display());
         }
-        let root = sys::open_dir(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        // A lower is held through a private clone of its mount, as overlayfs holds its layers.
+        let open = if role == Role::Lower { sys::open_dir_private } else { sys::open_dir };
+        let root = open(path).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
         let st = sys::fstat(root.as_fd()).map_err(|e| anyhow::anyhow!("{kind} {}: {e}", path.display()))?;
+        // A merged tree may be deeper than one system call's path: keep deep directories open.
+        sys::keep_deep_dirs(root.as_fd());
         Ok(Layer { path: path.to_path_buf(), root, dev: st.st_dev, role, formats, oci_dirs: Default::default() })
     }
 
@@ -246,7 +252,7 @@ impl Layer {
     pub fn read_dir(&self, dir_rel: &[u8]) -> SysResult<Vec<(Vec<u8>, u32, u64)>> {
         use std::os::unix::fs::DirEntryExt;
         let path = sys::fd_relative_path(self.fd(), dir_rel)?;
-        let path = Path::new(sys::os_str(path.as_bytes()));
+        let path = Path::new(sys::os_str(path.to_bytes()));
         let mut out = Vec::new();
         for entry in std::fs::read_dir(path)? {
             let entry = entry?;
@@ -257,6 +263,12 @@ impl Layer {
             out.push((entry.file_name().as_bytes().to_vec(), mode, entry.ino()));
         }
         Ok(out)
+    }
+}
+
+impl Drop for Layer {
+    fn drop(&mut self) {
+        sys::forget_deep_dirs(self.root.as_fd());
     }
 }
 
@@ -352,6 +364,12 @@ impl LayerStack {
 
     pub fn work(&self) -> Option<&Layer> {
         self.work.as_ref()
+    }
+
+    /// Close every layer (the mount is gone); requests after this get EIO.
+    pub fn release(&mut self) {
+        self.layers.clear();
+        self.work = None;
     }
 
     pub fn len(&self) -> usize {

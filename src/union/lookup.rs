@@ -139,7 +139,13 @@ impl Union {
                     t.st_blocks = st.st_blocks;
                 }
                 wants_data = self.metacopy_in(layer, &rel)?;
+                // A metacopy here too (a lower that was once a metacopy=on upper): its data is
+                // further down, where this layer's own redirect says, if it has one.
+                let redirect = if wants_data { layer.overlay_xattr(&rel, b"redirect") } else { None };
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
+                if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
+                    queue = self.candidates_below(c.layer, dir, name);
+                }
                 if wants_data {
                     continue;
                 }

@@ -15,6 +15,7 @@
 //! - [`idmap`] — owners shifted between disk and kernel (uidmapping=/gidmapping=)
 //! - [`ino`] — inode numbers that are unique across filesystems (xino)
 //! - [`node`] — the node and handle tables
+//! - [`view`] — a read-only merged view walked by path, for diff, commit and export
 
 pub mod attr;
 pub mod copy_up;
@@ -28,6 +29,7 @@ pub mod node;
 pub mod readdir;
 pub mod whiteout;
 pub mod util;
+pub mod view;
 pub mod xattr;
 
 #[cfg(test)]
@@ -61,11 +63,16 @@ pub struct Union {
     /// Directory listings being read.
     snapshots: Snapshots,
     /// Per lower layer, its hard-linked files, built when one of them is first copied up.
-    aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::AliasMap>>>,
+    aliases: std::sync::Mutex<std::collections::HashMap<u16, Arc<copy_up::LayerLinks>>>,
+    /// The upper's moved directories, once a hard-linked lower file needed them: walked for
+    /// once, then kept up to date by each rename, copy-up and removal.
+    upper_moves: std::sync::Mutex<Option<copy_up::Moves>>,
     /// `metacopy=on`: a metadata change copies a regular file's metadata only, its data stays
     /// below until the file is opened for writing (overlayfs' metacopy feature; off by default,
     /// as there).
     metacopy: bool,
+    /// How copy-ups are made durable before they become visible (`volatile`: not at all).
+    durability: copy_up::Durability,
     /// How owners on disk show through the mount, and back (identity unless asked).
     ids: idmap::IdMapping,
 }
@@ -80,9 +87,15 @@ impl Union {
             files: HandleTable::default(),
             snapshots: Snapshots::default(),
             aliases: Default::default(),
+            upper_moves: Default::default(),
             metacopy: false,
+            durability: copy_up::Durability::Synced,
             ids: idmap::IdMapping::default(),
         };
+        let mut union = union;
+        if let Some(upper) = union.stack.upper() {
+            union.durability = util::durability_for(upper);
+        }
         let branches = union.root_branches()?;
         union.nodes.insert_root(Node::new(ROOT_INO, libc::S_IFDIR, ROOT_INO, c".".to_owned(), branches));
         Ok(union)
@@ -91,6 +104,24 @@ impl Union {
     /// Turn metadata-only copy-up on or off (before the mount serves requests).
     pub fn set_metacopy(&mut self, on: bool) {
         self.metacopy = on;
+    }
+
+    /// The mount is gone: close every file and layer now, before the slower teardown (dropping
+    /// the node tables), so the layers' filesystems are free the moment the daemon says so.
+    pub fn release_all(&mut self) {
+        self.files = HandleTable::default();
+        self.snapshots = Snapshots::default();
+        self.stack.release();
+    }
+
+    /// `volatile`: copy-ups are not synced (overlayfs' option of that name).
+    pub fn set_volatile(&mut self) {
+        self.durability = copy_up::Durability::Volatile;
+    }
+
+    /// How copy-ups are made durable on this mount.
+    pub fn durability(&self) -> copy_up::Durability {
+        self.durability
     }
 
     /// Shift owners between disk and kernel (before the mount serves requests).
@@ -118,7 +149,10 @@ impl Union {
             return Err(Errno::ENOTDIR);
         }
         let state = dir.state();
-        let found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
+        let mut found = self.find(&state.path, &state.branches, name)?.ok_or(Errno::ENOENT)?;
+        if let Some(top) = found.branches.first().cloned() {
+            self.count_merged_names(found.ino, found.kind, &top, &mut found.stat);
+        }
         Ok(self.entry(parent, &found))
     }
 

@@ -191,10 +191,11 @@ impl Union {
             return Ok(DirRead { node, id, listing, position });
         }
         let mut listed = self.list_dir(&node)?;
-        if !self.ids.is_identity() {
-            for l in &mut listed {
-                self.ids.show(&mut l.found.stat);
+        for l in &mut listed {
+            if let Some(top) = l.found.branches.first().cloned() {
+                self.count_merged_names(l.found.ino, l.found.kind, &top, &mut l.found.stat);
             }
+            self.ids.show(&mut l.found.stat);
         }
         let (id, listing) = self.snapshots.take(ino, listed);
         Ok(DirRead { node, id, listing, position })

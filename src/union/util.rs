@@ -132,6 +132,33 @@ pub fn clean_work_dir(work: &Layer) {
     }
 }
 
+/// How copy-ups into `upper` are made durable (see [`super::copy_up::Durability`]): ordered
+/// writeback where the filesystem commits metadata in order behind a cache flush — ext4 with a
+/// journal, xfs, btrfs — else a full fsync of each copy.
+pub fn durability_for(upper: &Layer) -> super::copy_up::Durability {
+    use super::copy_up::Durability;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    match sys::fs_type(upper.fd()) {
+        Ok(XFS) | Ok(BTRFS) => Durability::Ordered,
+        Ok(EXT4) if has_jbd2_journal(upper.dev) => Durability::Ordered,
+        _ => Durability::Synced,
+    }
+}
+
+/// Whether the ext4 on device `dev` has a journal: jbd2 lists it in /proc/fs/jbd2 as
+/// `<disk name>-<journal inode>` (ext2, and ext4 made without one, have none).
+fn has_jbd2_journal(dev: u64) -> bool {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let Ok(uevent) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")) else { return false };
+    let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) else { return false };
+    let prefix = format!("{}-", name.replace('/', "!"));
+    std::fs::read_dir("/proc/fs/jbd2")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().strip_prefix(&prefix).is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))))
+        .unwrap_or(false)
+}
+
 /// `a/b/c` → `a/b`; `c` → `.`.
 pub fn parent_of(rel: &[u8]) -> Vec<u8> {
     match rel.iter().rposition(|&b| b == b'/') {

@@ -57,7 +57,7 @@ impl Union {
         sys::lremovexattr(&self.top_path(ino)?, &cname)
     }
 
-    fn top_path(&self, ino: u64) -> SysResult<std::ffi::CString> {
+    fn top_path(&self, ino: u64) -> SysResult<sys::ProcPath> {
         let node = self.nodes.get(ino)?;
         let top = node.top()?;
         sys::fd_relative_path(self.stack.get(top.layer)?.fd(), top.path.to_bytes())
