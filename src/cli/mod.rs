@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "shalefs", version, about = "Container image layers as one merged directory, through FUSE")]
-#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+#[command(arg_required_else_help = true)]
 pub struct Cli {
     /// The image store (default: $SHALEFS_ROOT, else /var/lib/shalefs)
     #[arg(long, global = true, value_name = "DIR")]

@@ -243,7 +243,8 @@ mod tests {
         assert!(o.flags.nodev && o.flags.nosuid && !o.flags.read_only);
         assert_eq!(o.ids.uids.to_kernel(0), 100000);
         assert_eq!(o.ids.gids.to_disk(100001), Some(1));
-        assert_eq!(ignored, vec!["volatile".to_string(), r#"context="system_u:object_r:container_file_t:s0:c1,c2""#.to_string()]);
+        assert!(o.volatile);
+        assert_eq!(ignored, vec![r#"context="system_u:object_r:container_file_t:s0:c1,c2""#.to_string()]);
         assert!(unknown.is_empty());
     }
 
