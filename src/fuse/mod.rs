@@ -34,11 +34,13 @@ pub struct ShaleFs {
     /// The kernel can do without OPENDIR and RELEASEDIR (Linux ≥ 5.1): two round trips fewer
     /// per directory read, and it caches listings as if FOPEN_CACHE_DIR had been answered.
     no_opendir: bool,
+    /// Dropped with the filesystem when fuser's session ends, which wakes [`session::serve`].
+    session_end: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl ShaleFs {
     pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
-        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false }
+        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false, session_end: None }
     }
 
     /// How to answer an open or a create of handle `fh`: the backing file to pass through to,
