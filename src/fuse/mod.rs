@@ -36,11 +36,13 @@ pub struct ShaleFs {
     no_opendir: bool,
     /// Held by every changing request, so a commit can pause them (see [`crate::freeze`]).
     gate: Option<crate::freeze::Gate>,
+    /// Dropped with the filesystem when fuser's session ends, which wakes [`session::serve`].
+    session_end: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl ShaleFs {
     pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
-        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false, gate: None }
+        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false, gate: None, session_end: None }
     }
 
     /// Let a commit pause this mount's changes. Writable handles are then served by the

@@ -64,21 +64,36 @@ fn mount_options(opts: &SessionOptions) -> (Vec<MountOption>, SessionACL) {
 }
 
 /// Mount `fs` and complete the FUSE handshake: when this returns, the mount is live.
-pub fn mount(fs: ShaleFs, opts: &SessionOptions) -> anyhow::Result<Session<ShaleFs>> {
+pub fn mount(mut fs: ShaleFs, opts: &SessionOptions) -> anyhow::Result<Mounted> {
+    let (end_tx, ended) = std::sync::mpsc::channel();
+    fs.session_end = Some(end_tx);
     let (mount_options, acl) = mount_options(opts);
     let mut config = Config::default();
     config.mount_options = mount_options;
     config.acl = acl;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    Session::new(fs, &opts.mountpoint, &config).with_context(|| format!("mounting on {}", opts.mountpoint.display()))
+    let session = Session::new(fs, &opts.mountpoint, &config).with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
+    Ok(Mounted { session, ended })
+}
+
+/// A live mount, and what tells when its session has ended.
+pub struct Mounted {
+    session: Session<ShaleFs>,
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// Serve requests until the filesystem is unmounted: by `umount`, `shalefs umount`, or a
 /// SIGTERM/SIGINT to this process, which unmounts (lazily if the mount is busy) and so ends the
 /// session cleanly.
-pub fn serve(mut session: Session<ShaleFs>, mountpoint: &Path) -> anyhow::Result<()> {
-    let mut unmounter = session.unmount_callable();
+///
+/// fuser 0.18 would unmount the mountpoint by path once its session ends (its check whether the
+/// mount is still there reads the device's POLLERR the wrong way round), and by then another
+/// mount may sit on that path (`umount M; shalefs mount … M` while this daemon is still closing):
+/// it would take that one down. So the session runs in fuser's background thread and its mount
+/// handle is never dropped: the kernel ended the session, there is nothing left to unmount.
+pub fn serve(mounted: Mounted, mountpoint: &Path) -> anyhow::Result<()> {
+    let Mounted { session, ended } = mounted;
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let handle = signals.handle();
     let mp = mountpoint.to_path_buf();
@@ -87,7 +102,7 @@ pub fn serve(mut session: Session<ShaleFs>, mountpoint: &Path) -> anyhow::Result
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 info!(signal = sig, "unmounting {} on signal", mp.display());
-                if let Err(e) = unmounter.unmount() {
+                if let Err(e) = sys::umount(&mp, false) {
                     warn!("unmount of {} failed ({e}); detaching it lazily", mp.display());
                     if let Err(e) = sys::umount(&mp, true) {
                         warn!("lazy unmount of {} failed: {e}", mp.display());
@@ -96,7 +111,15 @@ pub fn serve(mut session: Session<ShaleFs>, mountpoint: &Path) -> anyhow::Result
             }
         })
         .context("starting the signal thread")?;
-    let result = session.run().with_context(|| format!("serving {}", mountpoint.display()));
+    let mut background = session.spawn().with_context(|| format!("serving {}", mountpoint.display()))?;
+    // Nothing is ever sent: the sender goes with the filesystem, when the session is over.
+    let _ = ended.recv();
+    let finished = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+    std::mem::forget(background);
+    let result = match finished.join() {
+        Ok(r) => r.with_context(|| format!("serving {}", mountpoint.display())),
+        Err(_) => Err(anyhow::anyhow!("serving {}: the session thread panicked", mountpoint.display())),
+    };
     handle.close();
     info!("{} unmounted", mountpoint.display());
     result

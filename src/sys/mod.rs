@@ -598,6 +598,14 @@ pub fn write_out(fd: BorrowedFd<'_>) -> SysResult<()> {
     Ok(())
 }
 
+/// Start writing `len` bytes of a file's dirty pages from `offset`, without waiting
+/// (sync_file_range with WRITE only).
+pub fn start_write_out(fd: BorrowedFd<'_>, offset: i64, len: i64) -> SysResult<()> {
+    // SAFETY: sync_file_range has no memory-safety preconditions.
+    check(unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) })?;
+    Ok(())
+}
+
 /// Commit the whole filesystem `fd` is on (syncfs).
 pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
     // SAFETY: syncfs has no memory-safety preconditions.
