@@ -67,16 +67,15 @@ impl Union {
     /// st_nlink of a hard-linked lower file that was never copied up: the lower's count less
     /// the names this mount removed (unlinked, renamed over, hidden) — what overlayfs
     /// (index=on) reports, which also keeps counting names the lowers themselves hide. Only
-    /// lower files with several links pay for it: a lookup of each of their names with and
-    /// without the upper, and on the first one, one walk of the layer for its hard links and
-    /// moved directories.
+    /// lower files with several links, on a mount with an upper, pay for it: a lookup of each
+    /// of their names (and of a missing one without the upper too), and on the first one, one
+    /// walk of the layer for its hard links and moved directories.
     pub(super) fn count_merged_names(&self, ino: u64, kind: u32, top: &super::node::Branch, st: &mut libc::stat) {
-        if kind != libc::S_IFREG || st.st_nlink <= 1 || self.is_upper(std::slice::from_ref(top)) {
+        if kind != libc::S_IFREG || st.st_nlink <= 1 || self.stack.upper().is_none() || self.is_upper(std::slice::from_ref(top)) {
             return;
         }
-        let shown = |with_upper| self.names_in(ino, kind, top, with_upper).map(|n| n.len() as u64);
-        if let (Ok(before), Ok(now)) = (shown(false), shown(true)) {
-            st.st_nlink = (st.st_nlink as u64).saturating_sub(before.saturating_sub(now)) as _;
+        if let Ok(removed) = self.names_removed(ino, kind, top) {
+            st.st_nlink = (st.st_nlink as u64).saturating_sub(removed) as _;
         }
     }
 

@@ -216,27 +216,50 @@ impl Union {
     /// the layers above spell it after their directory moves, kept where a lookup finds this
     /// very object.
     pub(super) fn merged_names(&self, ino: u64, kind: u32, lower: &Branch) -> SysResult<Vec<Vec<u8>>> {
-        self.names_in(ino, kind, lower, true)
-    }
-
-    /// [`Self::merged_names`] in the merged view, or (`with_upper` false) in the lowers' own.
-    pub(super) fn names_in(&self, ino: u64, kind: u32, lower: &Branch, with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
-        let layer = self.stack.get(lower.layer)?;
-        let mut spellings = vec![lower.path.to_bytes().to_vec()];
-        if kind == libc::S_IFREG && layer.role == Role::Lower && layer.stat(&lower.path)?.st_nlink > 1 {
-            let real = layer.stat(&lower.path)?;
-            let links = self.layer_links(lower.layer)?;
-            spellings.extend(links.aliases.get(&real.st_ino).into_iter().flatten().filter(|p| p.as_slice() != lower.path.to_bytes()).cloned());
-        }
         let mut names: Vec<Vec<u8>> = Vec::new();
-        for spelling in spellings {
-            for name in self.shown_at(lower.layer, &spelling, with_upper)? {
-                if !names.contains(&name) && self.resolve_in(&name, with_upper).is_ok_and(|f| f.ino == ino) {
+        for spelling in self.lower_spellings(kind, lower)? {
+            for name in self.names_of(lower.layer, &spelling, ino, true)? {
+                if !names.contains(&name) {
                     names.push(name);
                 }
             }
         }
         Ok(names)
+    }
+
+    /// How many of the lower object's own paths (a hard-linked file has several) the lowers
+    /// show but the merged view no longer does: removed, renamed over or hidden in this mount.
+    /// A path still shown costs one lookup per candidate; only a missing one is looked for in
+    /// the lowers' view too.
+    pub(super) fn names_removed(&self, ino: u64, kind: u32, lower: &Branch) -> SysResult<u64> {
+        let mut removed = 0;
+        for spelling in self.lower_spellings(kind, lower)? {
+            if self.names_of(lower.layer, &spelling, ino, true)?.is_empty() && !self.names_of(lower.layer, &spelling, ino, false)?.is_empty() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The paths of the lower object in its own layer: its branch path, and for a file with
+    /// several links the others.
+    fn lower_spellings(&self, kind: u32, lower: &Branch) -> SysResult<Vec<Vec<u8>>> {
+        let layer = self.stack.get(lower.layer)?;
+        let mut spellings = vec![lower.path.to_bytes().to_vec()];
+        if kind == libc::S_IFREG && layer.role == Role::Lower {
+            let real = layer.stat(&lower.path)?;
+            if real.st_nlink > 1 {
+                let links = self.layer_links(lower.layer)?;
+                spellings.extend(links.aliases.get(&real.st_ino).into_iter().flatten().filter(|p| p.as_slice() != lower.path.to_bytes()).cloned());
+            }
+        }
+        Ok(spellings)
+    }
+
+    /// Where the view (merged, or the lowers' alone) shows the path `spelling` of `layer` as the
+    /// object `ino`.
+    fn names_of(&self, layer: u16, spelling: &[u8], ino: u64, with_upper: bool) -> SysResult<Vec<Vec<u8>>> {
+        Ok(self.shown_at(layer, spelling, with_upper)?.into_iter().filter(|n| self.resolve_in(n, with_upper).is_ok_and(|f| f.ino == ino)).collect())
     }
 
     /// The merged paths at which a path of layer `layer` may show: the path itself, and where

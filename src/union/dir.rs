@@ -202,13 +202,30 @@ impl Union {
         if !node.is_metacopy() {
             return Ok(());
         }
-        let state = node.state();
-        let upper = self.upper()?;
-        let (Some(top), Some(below)) = (state.branches.first(), state.branches.get(1)) else { return Ok(()) };
-        if upper.overlay_xattr(&top.path, b"redirect").is_none() {
-            self.set_upper_xattr(&top.path, b"redirect", &absolute(&below.path))?;
+        let top = node.top()?;
+        if self.upper()?.overlay_xattr(&top.path, b"redirect").is_none() {
+            let below = self.spelled_below(&top.path)?;
+            self.set_upper_xattr(&top.path, b"redirect", &absolute_bytes(&below))?;
         }
         Ok(())
+    }
+
+    /// How the layer just below the upper spells the object at merged path `path`, which is in
+    /// the upper with its parents (overlayfs' ovl_get_redirect): its own redirect if it has
+    /// one, else its parent's spelling and its name. Layers further down apply their own
+    /// redirects in turn.
+    fn spelled_below(&self, path: &CStr) -> SysResult<Vec<u8>> {
+        let upper = self.upper()?;
+        let (mut here, mut below) = (b".".to_vec(), b".".to_vec());
+        for part in path.to_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            here = join(&here, part);
+            let redirect = upper.overlay_xattr(&sys::cstring(&here)?, b"redirect");
+            below = match redirect.and_then(|r| super::lookup::redirect_target(&below, &r)) {
+                Some((d, n)) => join(&d, &n),
+                None => join(&below, part),
+            };
+        }
+        Ok(below)
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> SysResult<()> {
@@ -449,9 +466,10 @@ impl Union {
             }
             self.ensure_upper_dir(&obj.path)?;
             match lower {
-                Some(b) => {
-                    self.set_upper_xattr(&obj.path, b"redirect", &dir_redirect(&b.path, &obj.path)?)?;
-                    self.note_upper_move(obj.path.to_bytes(), b.path.to_bytes());
+                Some(_) => {
+                    let below = self.spelled_below(&obj.path)?;
+                    self.set_upper_xattr(&obj.path, b"redirect", &dir_redirect(&below, obj.path.to_bytes())?)?;
+                    self.note_upper_move(obj.path.to_bytes(), &below);
                 }
                 None if lower_at_target => self.set_upper_xattr(&obj.path, b"opaque", b"y")?,
                 None => {}
@@ -469,10 +487,9 @@ impl Union {
             // metacopy: where the next layer down has it, spelled as that layer spells it
             // (that layer may be a metacopy too, with a redirect of its own, and the data's
             // path there may be whited out).
-            let upper = self.upper()?;
-            let below = obj.branches.iter().find(|b| !self.is_upper(std::slice::from_ref(b)));
-            if let Some(below) = below.filter(|_| obj.kind == libc::S_IFREG && upper.is_metacopy(&obj.path)) {
-                self.set_upper_xattr(&obj.path, b"redirect", &absolute(&below.path))?;
+            if obj.kind == libc::S_IFREG && self.upper()?.is_metacopy(&obj.path) {
+                let below = self.spelled_below(&obj.path)?;
+                self.set_upper_xattr(&obj.path, b"redirect", &absolute_bytes(&below))?;
             }
             Ok(())
         }
@@ -531,21 +548,20 @@ impl Union {
 }
 
 /// A redirect naming `path` from the layer root (overlayfs' absolute form).
-fn absolute(path: &CStr) -> Vec<u8> {
-    [b"/".as_slice(), path.to_bytes()].concat()
+fn absolute_bytes(path: &[u8]) -> Vec<u8> {
+    [b"/".as_slice(), path].concat()
 }
 
 /// The redirect of a directory whose lower parts are at `lower`, moved from merged path `from`:
 /// absolute (`/` + the lower path), or, when that is longer than overlayfs' `redirect_max` and
 /// the move stays in the directory where the lower parts are, the old name alone (overlayfs'
 /// relative redirect, resolved beside the directory). A long one elsewhere was refused before.
-fn dir_redirect(lower: &CStr, from: &CStr) -> SysResult<Vec<u8>> {
-    let lower = lower.to_bytes();
+fn dir_redirect(lower: &[u8], from: &[u8]) -> SysResult<Vec<u8>> {
     if lower.len() < REDIRECT_MAX {
         return Ok([b"/".as_slice(), lower].concat());
     }
     let (parent, name) = (super::util::parent_of(lower), super::util::name_of(lower));
-    if parent == super::util::parent_of(from.to_bytes()) { Ok(name.to_vec()) } else { Err(Errno::EXDEV) }
+    if parent == super::util::parent_of(from) { Ok(name.to_vec()) } else { Err(Errno::EXDEV) }
 }
 
 /// `prefix` or `prefix/rest` → `new` or `new/rest`.

@@ -107,6 +107,14 @@ impl Union {
             // layer below; an opaque directory on the way, in every layer below.
             let mut last_layer = false;
             if c.redirected {
+                // A directory on the way moved in this layer: the layers below know the rest
+                // of the path by the name its redirect gives (overlayfs: ovl_check_redirect on
+                // each element of an absolute lookup).
+                if let Some(below) = respelled_below(layer, &c.dir) {
+                    for q in queue.iter_mut().filter(|q| q.redirected && q.dir == c.dir) {
+                        q.dir = below.clone();
+                    }
+                }
                 match layer.walk_dir_path(&c.dir) {
                     PathWalk::Missing => continue,
                     PathWalk::Blocked => break,
@@ -143,8 +151,8 @@ impl Union {
                 // further down, where this layer's own redirect says, if it has one.
                 let redirect = if wants_data { layer.overlay_xattr(&rel, b"redirect") } else { None };
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
-                if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
-                    queue = self.candidates_below(c.layer, dir, name);
+                if let Some(q) = redirect.as_deref().and_then(|r| self.redirected_candidates(&c, r, parent)) {
+                    queue = q;
                 }
                 if wants_data {
                     continue;
@@ -170,8 +178,8 @@ impl Union {
                 // A moved metacopy file: the layers below hold its data under the old path.
                 let redirect = if wants_data && may_have(b"redirect") { layer.overlay_xattr(&rel, b"redirect") } else { None };
                 branches.push(Branch { layer: c.layer, path: rel, xattr_whiteouts: false });
-                if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
-                    queue = self.candidates_below(c.layer, dir, name);
+                if let Some(q) = redirect.as_deref().and_then(|r| self.redirected_candidates(&c, r, parent)) {
+                    queue = q;
                 }
                 if wants_data {
                     continue;
@@ -190,8 +198,8 @@ impl Union {
                 break;
             }
             // A moved directory: the layers below hold it under its old path.
-            if let Some((dir, name)) = redirect.as_deref().and_then(|r| redirect_target(&c.dir, r)) {
-                queue = self.candidates_below(c.layer, dir, name);
+            if let Some(q) = redirect.as_deref().and_then(|r| self.redirected_candidates(&c, r, parent)) {
+                queue = q;
             }
         }
         if wants_data {
@@ -224,6 +232,24 @@ impl Union {
         Ok(found)
     }
 
+    /// Where the layers below candidate `c` look for an object with redirect `r`. An absolute
+    /// redirect is a path from each layer's root. A relative one (overlayfs writes it for a
+    /// rename within one directory) is a name in the same parent, as each layer below finds
+    /// that parent: through the parent's branches, or the path `c` was reached by.
+    fn redirected_candidates(&self, c: &Candidate, r: &[u8], parent: &[Branch]) -> Option<std::collections::VecDeque<Candidate>> {
+        let (dir, name) = redirect_target(&c.dir, r)?;
+        if r.starts_with(b"/") || r.contains(&b'/') || c.redirected {
+            return Some(self.candidates_below(c.layer, dir, name));
+        }
+        Some(
+            parent
+                .iter()
+                .filter(|b| b.layer > c.layer && b.layer != super::layer::WORK_LAYER)
+                .map(|b| Candidate { layer: b.layer, dir: b.path.to_bytes().to_vec(), name: name.clone(), xattr_whiteouts: b.xattr_whiteouts, redirected: false })
+                .collect(),
+        )
+    }
+
     /// Where the layers below `layer` hold an object a redirect names: `dir/name`, reached from
     /// each layer's root.
     fn candidates_below(&self, layer: u16, dir: Vec<u8>, name: Vec<u8>) -> std::collections::VecDeque<Candidate> {
@@ -244,6 +270,25 @@ impl Union {
             })
             .collect()
     }
+}
+
+/// How the layers below `layer` spell directory `dir` of it, if a directory on the way (itself
+/// included) has a redirect there; `None` when they spell it the same.
+fn respelled_below(layer: &super::layer::Layer, dir: &[u8]) -> Option<Vec<u8>> {
+    let (mut here, mut below) = (b".".to_vec(), b".".to_vec());
+    let mut moved = false;
+    for part in dir.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        here = join(&here, part);
+        let next = match layer.dir_info(&here).1.and_then(|r| redirect_target(&below, &r)) {
+            Some((d, n)) => {
+                moved = true;
+                join(&d, &n)
+            }
+            None => join(&below, part),
+        };
+        below = next;
+    }
+    moved.then_some(below)
 }
 
 /// The upper xattr (`<ns>.overlay.` + this) that keeps a copied-up object's inode number, so

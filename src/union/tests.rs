@@ -373,3 +373,41 @@ fn an_upper_in_user_xattr_form_moves_no_directory_with_lower_parts() {
     u.rename(ROOT_INO, b"fresh", ROOT_INO, b"renamed", 0).expect("an upper-only directory moves");
     assert!(exists(&u, "renamed") && !exists(&u, "fresh"));
 }
+
+/// overlayfs writes a rename within one directory as a relative redirect: a name in the same
+/// parent as each layer below finds that parent, here through the parent's own redirect.
+#[test]
+fn relative_redirect_under_a_moved_parent_names_a_sibling_below() {
+    let l = Layers::new(2);
+    l.file(1, "d/s/f", "deep");
+    l.dir(0, "e/t").xattr(0, "e", "trusted.overlay.redirect", b"d").xattr(0, "e/t", "trusted.overlay.redirect", b"s");
+    let u = l.union();
+    assert_eq!(read(&u, "e/t/f"), "deep");
+}
+
+/// An absolute redirect is read from each layer's root, and a directory on its way that moved
+/// in a middle layer (an earlier upper) gives the path for the layers below it.
+#[test]
+fn absolute_redirect_follows_a_middle_layers_moved_directory() {
+    let l = Layers::new(3);
+    l.file(2, "b/c/f", "found");
+    l.dir(1, "a").xattr(1, "a", "trusted.overlay.redirect", b"/b").whiteout(1, "b");
+    l.dir(0, "x").xattr(0, "x", "trusted.overlay.redirect", b"/a/c");
+    let u = l.union();
+    assert_eq!(read(&u, "x/f"), "found");
+}
+
+/// A rename writes the redirect as the next layer down spells the directory, not as the layer
+/// holding its lower part does (there the path may be whited out).
+#[test]
+fn rename_writes_the_redirect_as_the_next_layer_down_spells_it() {
+    let l = Layers::new(3);
+    l.file(2, "b/c/f", "moved twice");
+    l.dir(1, "a").xattr(1, "a", "trusted.overlay.redirect", b"/b").whiteout(1, "b");
+    let u = l.union_with_upper();
+    u.rename(resolve(&u, "a"), b"c", ROOT_INO, b"x", 0).expect("rename");
+    assert_eq!(xattr_of(&l.roots[0].join("x"), "trusted.overlay.redirect"), Some(b"/a/c".to_vec()));
+    drop(u);
+    let u = l.union_with_upper();
+    assert_eq!(read(&u, "x/f"), "moved twice");
+}
