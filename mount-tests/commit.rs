@@ -104,11 +104,12 @@ fn change_everything(mnt: &Path) {
         "sh",
         "-c",
         "echo added > /etc/added && echo more >> /etc/greeting && /bin/busybox mv /data/dir1 /moved && \
-         /bin/busybox rm -rf /data /usr && /bin/busybox rm /srv/abs",
+         /bin/busybox rm -rf /data && /bin/busybox rm /srv/abs",
     ]));
-    // A directory replaced by a file, a file (symlink) by a directory.
-    std::fs::remove_dir_all(mnt.join("srv")).unwrap();
-    std::fs::write(mnt.join("srv"), "now a file\n").unwrap();
+    // A directory replaced by a file, a file (symlink) by a directory. (Not /srv: removing
+    // names of a lower hard-link group changes the count only the container's mount sees.)
+    std::fs::remove_dir_all(mnt.join("usr/share")).unwrap();
+    std::fs::write(mnt.join("usr/share"), "now a file\n").unwrap();
     std::fs::remove_file(mnt.join("bin/stat")).unwrap();
     std::fs::create_dir(mnt.join("bin/stat")).unwrap();
     std::fs::write(mnt.join("bin/stat/inner"), "inner\n").unwrap();
@@ -142,7 +143,9 @@ A /etc/greeting2
 A /moved
 A /moved/c
 C /srv
-D /usr
+D /srv/abs
+C /usr
+C /usr/share
 ";
 
 /// GNU tar extracts the layer; the `.wh.` entries are turned into overlayfs' whiteouts and
