@@ -9,6 +9,7 @@
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
 //! containers/<name>/        a mounted image's own upper/ and work/, and container.json
+//!                           (`run` adds init/, rootfs/ and run.lock)
 //! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming) and
 //!                           unpacks in progress; nothing here is ever read as content
 //! locks/<hex>.lock          one download per digest, across processes
