@@ -331,6 +331,8 @@ fn rm_removes_the_container_and_without_it_run_container_sees_the_earlier_change
     let again = run_args(&["--container", "run-keep", "true"]);
     assert_eq!(again.status.code(), Some(125));
     assert!(stderr(&again).contains("in use"), "{}", stderr(&again));
+    let ps = run_ok(shalefs().arg("ps"));
+    assert!(ps.lines().any(|l| l.starts_with("run-keep ") && l.ends_with("(shalefs run)")), "{ps}");
     let rm = run(shalefs().args(["rm", "run-keep"]));
     assert!(!rm.status.success() && stderr(&rm).contains("in use"), "{}", stderr(&rm));
     let dir = TestDir::new("run-busy");

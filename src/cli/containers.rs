@@ -62,9 +62,13 @@ pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
     println!("{:<24} {:<40} {:<14} {:<24} MOUNTED ON", "NAME", "IMAGE", "IMAGE ID", "CREATED");
     for c in store.all_containers()? {
         let created = super::images::human_age(Some(&rfc3339_of(c.created_at)));
-        let mounted: Vec<String> =
+        let mut places: Vec<String> =
             mountpoints_of(&c.name).into_iter().map(|mp| if is_dead(&mp) { format!("{mp} (dead: daemon gone)") } else { mp }).collect();
-        let mounted = mounted.join(",");
+        // A run's mount lives in its own namespace; the lock says it is there.
+        if store.container_running(&c.name) {
+            places.push("(shalefs run)".into());
+        }
+        let mounted = places.join(",");
         println!("{:<24} {:<40} {:<14} {created:<24} {mounted}", c.name, c.image_name, c.image.short());
     }
     Ok(())

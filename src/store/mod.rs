@@ -14,7 +14,8 @@
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
 //! containers/<name>/        a mounted image's own upper/ and work/, and container.json;
-//!                           work/control.sock while mounted (commit's pause, see `freeze`)
+//!                           work/control.sock while mounted (commit's pause, see `freeze`);
+//!                           `run` adds init/, rootfs/ and run.lock
 //! tmp/                      partial downloads (<blob-hex>.partial, kept for resuming),
 //!                           unpacks in progress with their tar records (unpack-*, tarsplit-*,
 //!                           stash-*), commits/imports in progress, and load's spooled archives
