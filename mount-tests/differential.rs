@@ -408,10 +408,10 @@ fn run_sequence_with(seed: u64, metacopy: bool) {
     let name = format!("seed {seed}{}", extra(metacopy));
     let (ku, su) = run_stage(&name, &dir, "s1", &lowers, &mut rng, metacopy);
     // Seeds are split across the tests by `seed % 4`: pick by the rest, so each test gets some.
-    if (seed / 4) % if metacopy { 2 } else { 4 } != 0 {
+    if !(seed / 4).is_multiple_of(if metacopy { 2 } else { 4 }) {
         return;
     }
-    let (by, earlier) = if seed % 2 == 0 { ("kernel overlayfs", ku) } else { ("shalefs", su) };
+    let (by, earlier) = if seed.is_multiple_of(2) { ("kernel overlayfs", ku) } else { ("shalefs", su) };
     // A copy (xattrs, hard links and devices kept): kernel overlayfs refuses a lower that is
     // still marked in use as an upper while its last mount is going away.
     let copy = dir.path().join("s1-upper-as-lower");

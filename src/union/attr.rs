@@ -75,7 +75,7 @@ impl Union {
             return;
         }
         if let Ok(removed) = self.names_removed(ino, kind, top) {
-            st.st_nlink = (st.st_nlink as u64).saturating_sub(removed) as _;
+            st.st_nlink = st.st_nlink.saturating_sub(removed);
         }
     }
 
