@@ -376,6 +376,55 @@ fn killed_during_a_rename_leaves_exactly_one_name() {
     assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none());
 }
 
+/// With a read-only handle of a lower file open, open it for writing (a copy-up) and write
+/// through a shared mapping of the new handle: what the old handle, the lower layer's file and
+/// the merged file then hold.
+fn mmap_write_beside_an_older_reader(m: &Path, lower_file: &Path) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let path = m.join("mapped");
+    let ro = std::fs::File::open(&path).unwrap();
+    let mut buf = [0u8; 6];
+    ro.read_at(&mut buf, 0).unwrap();
+    let rw = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    // SAFETY: a fresh shared mapping of 4096 bytes of an open file, unmapped before use ends.
+    let mapped = unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, rw.as_raw_fd(), 0);
+        if p != libc::MAP_FAILED {
+            std::ptr::copy_nonoverlapping(b"MAP".as_ptr(), p.cast::<u8>(), 3);
+            libc::msync(p, 4096, libc::MS_SYNC);
+            libc::munmap(p, 4096);
+        }
+        p != libc::MAP_FAILED
+    };
+    let n = ro.read_at(&mut buf, 0).unwrap();
+    let old = String::from_utf8_lossy(&buf[..n]).into_owned();
+    drop((ro, rw));
+    let lower = std::fs::read(lower_file).unwrap();
+    vec![format!("mapped {mapped}"), old, String::from_utf8_lossy(&lower[..6]).into_owned(), String::from_utf8_lossy(&std::fs::read(&path).unwrap()[..6]).into_owned()]
+}
+
+/// Pins why lower files of a writable mount are not passed through (src/fuse/backing.rs): the
+/// only open the kernel then accepts for the copying-up writer maps the lower file, so this
+/// mapping wrote the image layer when it was tried.
+#[test]
+fn mmap_write_after_copy_up_beside_a_reader_leaves_the_lower_layer_alone() {
+    let content = format!("lower!{}", "\n".repeat(8000));
+    let rw = Rw::new("mmapreader", LayerSpec::new().file("mapped", &content));
+    let ours = {
+        let _m = rw.mount();
+        mmap_write_beside_an_older_reader(&rw.mnt, &rw.lower.join("mapped"))
+    };
+    let kdir = TestDir::new("mmapreader-kernel");
+    let kl = kdir.path().join("lower");
+    LayerSpec::new().file("mapped", &content).build(&kl, Encoding::Overlay);
+    let (ku, kw, km) = (kdir.mkdir("upper"), kdir.mkdir("work"), kdir.mkdir("mnt"));
+    let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
+    let theirs = mmap_write_beside_an_older_reader(&km, &kl.join("mapped"));
+    assert_eq!(theirs, ["mapped true", "MAPer!", "lower!", "MAPer!"]);
+    assert_eq!(ours, theirs);
+}
+
 /// Writes, appends, a shared writable mmap and a truncate on files shalefs serves by FUSE
 /// passthrough (a new file, a copied-up lower file): sizes, contents and attributes seen by
 /// other handles and by stat must be what kernel overlayfs shows.

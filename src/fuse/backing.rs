@@ -7,15 +7,17 @@
 //! it. When a file open read-only on its lower copy is opened for writing (and so copied up),
 //! the new handle cannot pass through to the upper copy while the old one is open: it names the
 //! same backing id with FOPEN_DIRECT_IO, which makes the kernel send its reads and writes to
-//! this daemon (the only mixed form the kernel accepts). The old handle keeps reading the lower
-//! copy, as it does on kernel overlayfs. A passthrough reply may carry no flag but
+//! this daemon (the only mixed form the kernel accepts: a plain FOPEN_DIRECT_IO open fails
+//! with EIO while the inode passes through, tried on 6.18). Its mmap maps the old backing file,
+//! which is why that file must never be a lower layer's: a writable shared mapping would write
+//! the layer. A passthrough reply may carry no flag but
 //! FOPEN_DIRECT_IO and FOPEN_NOFLUSH (the kernel's FOPEN_PASSTHROUGH_MASK). When the
 //! kernel refuses a backing file (no privilege, a stacked filesystem) the inode stays in cached
 //! mode, served by this daemon, until its last handle closes.
 //!
 //! A lower file of a writable mount is never passed through: once copied up, a handle opened
-//! before must read the upper copy (kernel overlayfs re-opens the real file), and a backing
-//! file cannot change under an open handle. The daemon serves it, with the page cache kept
+//! before must read the upper copy (kernel overlayfs re-opens the real file), a backing file
+//! cannot change under an open handle, and the writer's handle would map the lower file (above). The daemon serves it, with the page cache kept
 //! across opens (a lower file's content changes only through this daemon, after copy-up).
 //!
 //! On a mount a commit may pause (a store container's, see [`crate::freeze`]) writable handles
