@@ -240,3 +240,41 @@ fn pushing_an_unknown_image_or_to_a_digest_is_a_one_line_error() {
     assert!(err.contains("takes a tag, not a digest"), "{err}");
     assert!(listing(&store.join("tmp")).is_empty());
 }
+
+/// A committed image (its new layer's blob kept by commit) pushed to the repository its parent
+/// came from: the parent's layers exist there already (a HEAD each), only the new layer and the
+/// config are uploaded; pulled back into a fresh store it is the same image, with the change.
+#[test]
+fn a_committed_image_pushes_its_new_layer_and_only_heads_the_rest() {
+    let f = fixture();
+    let dir = TestDir::new("push-commit");
+    let reg = Registry::start(dir.path(), Auth::None);
+    let proxy = Proxy::start(reg.port, ProxyBehaviour::default());
+    f.app.push(&format!("{}/test/app:1", reg.host()), &[]);
+    let store = dir.path().join("store");
+    let image = format!("{}/test/app:1", proxy.host());
+    pull_ok(&store, &image, &[]);
+    let mnt = dir.mkdir("mnt");
+    {
+        let _m = ShaleMount::foreground(&["--root".into(), store.clone().into(), image.clone().into(), "--name".into(), "pc1".into()], &mnt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(mnt.join("committed.txt"), random_bytes(200_000)).unwrap();
+    }
+    let committed = format!("{}/test/app:committed", proxy.host());
+    run_ok(shalefs(&store).args(["commit", "pc1", &committed]));
+
+    let before = proxy.log().len();
+    let out = push_ok(&store, &[&committed]);
+    assert_eq!(out.matches("Layer already exists").count(), 3, "{out}");
+    let reqs = requests(&proxy, before);
+    let uploads = reqs.iter().filter(|l| l.starts_with("POST /v2/test/app/blobs/uploads/")).count();
+    assert_eq!(uploads, 2, "the new layer and the config are uploaded, nothing else: {reqs:?}");
+    assert!(reqs.last().is_some_and(|l| l.starts_with("PUT /v2/test/app/manifests/committed")), "{reqs:?}");
+
+    let fresh = dir.path().join("fresh");
+    pull_ok(&fresh, &committed, &[]);
+    assert_eq!(inspect(&store, &committed)["Id"], inspect(&fresh, &committed)["Id"], "the image id changed");
+    let back = dir.mkdir("back");
+    let _m = ShaleMount::foreground(&["--root".into(), fresh.clone().into(), committed.clone().into()], &back).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read(back.join("committed.txt")).unwrap(), random_bytes(200_000));
+}
