@@ -84,8 +84,8 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Serve from fuser's background threads, for a caller that waits on something else (`run`
-    /// waits for its command) and unmounts by dropping the handle.
+    /// Serve from fuser's background thread, for a caller that unmounts the mount itself
+    /// (`run`, with `umount_and_join`).
     pub fn spawn(self) -> std::io::Result<fuser::BackgroundSession> {
         self.session.spawn()
     }
