@@ -83,6 +83,14 @@ pub struct Mounted {
     ended: std::sync::mpsc::Receiver<()>,
 }
 
+impl Mounted {
+    /// Serve from fuser's background thread instead of [`serve`] (`shalefs run` serves its
+    /// container's root so, and ends it itself).
+    pub fn spawn(self) -> std::io::Result<fuser::BackgroundSession> {
+        self.session.spawn()
+    }
+}
+
 /// Serve requests until the filesystem is unmounted: by `umount`, `shalefs umount`, or a
 /// SIGTERM/SIGINT to this process, which unmounts (lazily if the mount is busy) and so ends the
 /// session cleanly.

@@ -1,9 +1,7 @@
 //! Making a plan's mount live and serving it until it is unmounted.
 
-use fuser::Session;
-
 use crate::fuse::ShaleFs;
-use crate::fuse::session::{self, SessionOptions};
+use crate::fuse::session::{self, Mounted, SessionOptions};
 use crate::sys;
 
 use super::MountPlan;
@@ -17,7 +15,7 @@ fn cache_ttl(_plan: &MountPlan) -> std::time::Duration {
 
 /// Build the union and mount it: when this returns, the mount is live (the FUSE handshake is
 /// done) and requests wait for [`serve`].
-pub fn mount(plan: &MountPlan) -> anyhow::Result<Session<ShaleFs>> {
+pub fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     // The kernel applies the caller's umask before a create reaches us; ours must not apply
     // a second time.
     sys::set_umask(0);
@@ -48,7 +46,7 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Session<ShaleFs>> {
 }
 
 /// Serve until unmounted (`umount`, `fusermount3 -u`, `shalefs umount`, SIGTERM/SIGINT).
-pub fn serve(session: Session<ShaleFs>, plan: &MountPlan) -> anyhow::Result<()> {
+pub fn serve(session: Mounted, plan: &MountPlan) -> anyhow::Result<()> {
     session::serve(session, &plan.mountpoint)
 }
 
