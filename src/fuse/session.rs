@@ -84,8 +84,8 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Serve from fuser's background thread, for a caller that unmounts the mount itself
-    /// (`run`, with `umount_and_join`).
+    /// Serve from fuser's background thread instead of [`serve`], for a caller that unmounts
+    /// the mount itself (`run`, with `umount_and_join`).
     pub fn spawn(self) -> std::io::Result<fuser::BackgroundSession> {
         self.session.spawn()
     }
