@@ -21,6 +21,8 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "shalefs", version, about = "Container image layers as one merged directory, through FUSE")]
+// Not `args_conflicts_with_subcommands`: clap counts the global `--root` as such an argument,
+// which refused `shalefs --root DIR pull ...`; the mount-program form is kept apart in `run`.
 #[command(arg_required_else_help = true)]
 pub struct Cli {
     /// The image store (default: $SHALEFS_ROOT, else /var/lib/shalefs)
@@ -99,6 +101,10 @@ impl std::error::Error for Exit {}
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.root;
     let Some(command) = cli.command else { return program::run(cli.program) };
+    let p = &cli.program;
+    if p.merged.is_some() || !p.options.is_empty() || p.foreground {
+        anyhow::bail!("-o, -f and MERGED belong to the mount-program form `shalefs -o OPTS MERGED`, not to a subcommand");
+    }
     match command {
         Command::Mount(args) => mount::run(args, root),
         Command::Umount(args) => umount::run(args),
