@@ -43,9 +43,10 @@ struct Side {
     mnt: PathBuf,
 }
 
+/// A live mount of one side, held only for its guard's Drop (which unmounts).
 enum Mounted {
-    Shale(ShaleMount),
-    Kernel(KernelOverlay),
+    Shale(#[allow(dead_code)] ShaleMount),
+    Kernel(#[allow(dead_code)] KernelOverlay),
 }
 
 impl Side {

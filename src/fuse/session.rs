@@ -91,6 +91,14 @@ impl Mounted {
     }
 }
 
+/// SIGTERM and SIGINT, caught from before the mount is made: one that arrives before [`serve`]
+/// starts waits for it (it would otherwise kill a daemon whose mount is live, leaving it dead).
+pub struct StopSignals(Signals);
+
+pub fn catch_stop_signals() -> anyhow::Result<StopSignals> {
+    Signals::new([SIGTERM, SIGINT]).map(StopSignals).context("installing signal handlers")
+}
+
 /// Serve requests until the filesystem is unmounted: by `umount`, `shalefs umount`, or a
 /// SIGTERM/SIGINT to this process, which unmounts (lazily if the mount is busy) and so ends the
 /// session cleanly.
@@ -100,9 +108,9 @@ impl Mounted {
 /// mount may sit on that path (`umount M; shalefs mount … M` while this daemon is still closing):
 /// it would take that one down. So the session runs in fuser's background thread and its mount
 /// handle is never dropped: the kernel ended the session, there is nothing left to unmount.
-pub fn serve(mounted: Mounted, mountpoint: &Path) -> anyhow::Result<()> {
+pub fn serve(mounted: Mounted, mountpoint: &Path, stop: StopSignals) -> anyhow::Result<()> {
     let Mounted { session, ended } = mounted;
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let StopSignals(mut signals) = stop;
     let handle = signals.handle();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

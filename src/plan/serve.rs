@@ -46,14 +46,15 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
 }
 
 /// Serve until unmounted (`umount`, `fusermount3 -u`, `shalefs umount`, SIGTERM/SIGINT).
-pub fn serve(session: Mounted, plan: &MountPlan) -> anyhow::Result<()> {
-    session::serve(session, &plan.mountpoint)
+pub fn serve(session: Mounted, plan: &MountPlan, stop: session::StopSignals) -> anyhow::Result<()> {
+    session::serve(session, &plan.mountpoint, stop)
 }
 
 /// Mount and serve in this process. `on_live` runs once the mount is live, before serving (a
 /// daemon tells its parent there).
 pub fn mount_and_serve(plan: &MountPlan, on_live: impl FnOnce()) -> anyhow::Result<()> {
+    let stop = session::catch_stop_signals()?;
     let session = mount(plan)?;
     on_live();
-    serve(session, plan)
+    serve(session, plan, stop)
 }
