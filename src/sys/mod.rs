@@ -619,7 +619,7 @@ pub fn fs_type(fd: BorrowedFd<'_>) -> SysResult<i64> {
     // SAFETY: `st` is a valid out pointer for one `struct statfs`.
     check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstatfs succeeded, so it filled `st`.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
