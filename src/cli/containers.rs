@@ -61,7 +61,7 @@ pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
     let store = Store::open(&Store::root_from(root.as_deref()))?;
     println!("{:<24} {:<40} {:<14} {:<24} MOUNTED ON", "NAME", "IMAGE", "IMAGE ID", "CREATED");
     for c in store.all_containers()? {
-        let created = super::images::human_age(Some(&rfc3339_of(c.created_at)));
+        let created = super::images::human_age(Some(&crate::oci::time::rfc3339(c.created_at as i64)));
         let mut places: Vec<String> =
             mountpoints_of(&c.name).into_iter().map(|mp| if is_dead(&mp) { format!("{mp} (dead: daemon gone)") } else { mp }).collect();
         // A run's mount lives in its own namespace; the lock says it is there.
@@ -74,21 +74,6 @@ pub fn ps(root: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rfc3339_of(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
@@ -117,8 +102,6 @@ pub fn rm(args: RmArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn dates_round_trip() {
-        assert_eq!(super::rfc3339_of(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339_of(1709208000), "2024-02-29T12:00:00Z");
         assert_eq!(super::unescape("/a\\040b"), "/a b");
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::plan::container::{container_layers, new_container};
-use crate::plan::{MountPlan, MountSpec, check_mountpoint, daemon, options, serve};
+use crate::plan::{MountPlan, MountSpec, check_mountpoint, daemon, options};
 use crate::store::Store;
 
 use super::logging;
@@ -107,27 +107,15 @@ pub fn run(args: MountArgs, root: Option<PathBuf>) -> anyhow::Result<()> {
     if is_daemon_child {
         daemon::detach();
     }
-    let result = (|| {
+    daemon::plan_and_serve(is_daemon_child, || {
         let created = match (&made_by_parent, args.image()) {
             (Some(name), _) => Some(name.clone()),
             (None, Some(image)) => Some(create_container(&args, image, root.as_deref())?),
             (None, None) => None,
         };
         let src = resolve_source(&args, root.as_deref(), created.as_deref())?;
-        let plan = plan(&args, src)?;
-        serve::mount_and_serve(&plan, || {
-            if is_daemon_child {
-                daemon::report_ready();
-            }
-        })
-    })();
-    if let Err(e) = &result {
-        tracing::error!("{e:#}");
-        if is_daemon_child {
-            daemon::report_error(e);
-        }
-    }
-    result
+        plan(&args, src)
+    })
 }
 
 fn open_store(root: Option<&Path>) -> anyhow::Result<Store> {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::plan::{MountPlan, MountSpec, daemon, options, serve};
+use crate::plan::{MountPlan, MountSpec, daemon, options};
 
 use super::logging;
 
@@ -40,20 +40,7 @@ pub fn run(args: ProgramArgs) -> anyhow::Result<()> {
     if is_daemon_child {
         daemon::detach();
     }
-    let result = plan(&args, merged, false).and_then(|plan| {
-        serve::mount_and_serve(&plan, || {
-            if is_daemon_child {
-                daemon::report_ready();
-            }
-        })
-    });
-    if let Err(e) = &result {
-        tracing::error!("{e:#}");
-        if is_daemon_child {
-            daemon::report_error(e);
-        }
-    }
-    result
+    daemon::plan_and_serve(is_daemon_child, || plan(&args, merged, false))
 }
 
 /// The checked plan; `warn` says the unknown options on stderr (once, in the caller's process).

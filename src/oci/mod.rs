@@ -7,6 +7,7 @@ pub mod digest;
 pub mod manifest;
 pub mod platform;
 pub mod reference;
+pub mod time;
 
 pub use digest::Digest;
 pub use reference::Reference;

@@ -37,6 +37,25 @@ pub fn report_error(e: &anyhow::Error) {
     report_to_parent(&format!("error: {e:#}"));
 }
 
+/// Check a mount (`plan`) and serve it here until it is unmounted; a daemon tells its parent
+/// `ready` once the mount is live, or why it failed. The error is logged either way.
+pub fn plan_and_serve(is_daemon_child: bool, plan: impl FnOnce() -> anyhow::Result<super::MountPlan>) -> anyhow::Result<()> {
+    let result = plan().and_then(|plan| {
+        super::serve::mount_and_serve(&plan, || {
+            if is_daemon_child {
+                report_ready();
+            }
+        })
+    });
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+        if is_daemon_child {
+            report_error(e);
+        }
+    }
+    result
+}
+
 fn report_to_parent(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
