@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::image::{ImageLayer, ImageRecord, LayerInfo, TagEntry};
 use super::{Store, remove_tree};
-use crate::archive::compress::{Decompressor, LimitedReader};
+use crate::archive::compress::{Decompressor, LimitedReader, sniff};
 use crate::archive::pack::Source;
 use crate::union::layer::Formats;
 use crate::archive::unpack::{self, Limits};
@@ -161,15 +161,7 @@ impl Store {
             (Err(e), _, _) => return Err(e),
         };
         let unpacked_size = diff.bytes;
-        let info = LayerInfo {
-            diff_id: diff.finish(),
-            digest,
-            media_type: layer_media_type(compression).to_string(),
-            compressed_size,
-            unpacked_size,
-            implicit_settled: stats.implicit_dirs.is_empty(),
-            implicit_dirs: stats.implicit_dirs,
-        };
+        let info = new_layer_info((diff.finish(), unpacked_size), (digest, compressed_size), compression, stats);
         tmp.keep = true;
         Ok(NewLayer { dir: tmp.dir.clone(), blob: tmp.blob.clone(), info })
     }
@@ -208,15 +200,7 @@ impl Store {
         let compressed_size = tee.hasher.bytes;
         let digest = std::mem::take(&mut tee.hasher).finish();
         tee.out.into_inner().map_err(|e| anyhow!("writing the layer blob: {}", e.error()))?.sync_all().context("writing the layer blob")?;
-        let info = LayerInfo {
-            diff_id,
-            digest,
-            media_type: layer_media_type(compression).to_string(),
-            compressed_size,
-            unpacked_size,
-            implicit_settled: stats.implicit_dirs.is_empty(),
-            implicit_dirs: stats.implicit_dirs,
-        };
+        let info = new_layer_info((diff_id, unpacked_size), (digest, compressed_size), compression, stats);
         tmp.keep = true;
         Ok(NewLayer { dir: tmp.dir.clone(), blob: tmp.blob.clone(), info })
     }
@@ -363,14 +347,17 @@ fn is_tar_header(block: &[u8]) -> bool {
     sum == want
 }
 
-/// gzip (`1f 8b`), zstd (`28 b5 2f fd`), else a plain tar.
-fn sniff(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
+/// The record of a layer made here: the tar's digest and size, the blob's, and what the unpack
+/// found (parents the tar left out settle from the layers below, as for a pulled layer).
+fn new_layer_info(tar: (Digest, u64), blob: (Digest, u64), compression: Compression, stats: unpack::Stats) -> LayerInfo {
+    LayerInfo {
+        diff_id: tar.0,
+        digest: blob.0,
+        media_type: layer_media_type(compression).to_string(),
+        compressed_size: blob.1,
+        unpacked_size: tar.1,
+        implicit_settled: stats.implicit_dirs.is_empty(),
+        implicit_dirs: stats.implicit_dirs,
     }
 }
 
