@@ -182,6 +182,18 @@ impl Bars {
 }
 
 impl Lines {
+    /// Layer `i` is at byte `n`; every 5 s a line with the total so far.
+    fn progress(&mut self, i: usize, n: u64, verb: &str) {
+        if let Some(d) = self.done.get_mut(i) {
+            *d = n;
+        }
+        if self.last_total.elapsed() >= Duration::from_secs(5) {
+            self.last_total = Instant::now();
+            let total: u64 = self.layers.iter().map(|l| l.1).sum();
+            line(&format!("{verb} {} of {}", mib(self.done.iter().sum()), mib(total)));
+        }
+    }
+
     fn push_event(&mut self, e: push::Event<'_>) {
         use push::Event as P;
         let short = |layers: &[(Digest, u64)], i: usize| layers.get(i).map(|(d, _)| d.short().to_string()).unwrap_or_default();
@@ -197,16 +209,7 @@ impl Lines {
                 line(&format!("{}: Pushing ({})", short(&self.layers, i), mib(size)));
             }
             P::Started(i, at, _) => line(&format!("{}: Resuming at byte {at}", short(&self.layers, i))),
-            P::Progress(i, n) => {
-                if let Some(d) = self.done.get_mut(i) {
-                    *d = n;
-                }
-                if self.last_total.elapsed() >= Duration::from_secs(5) {
-                    self.last_total = Instant::now();
-                    let total: u64 = self.layers.iter().map(|l| l.1).sum();
-                    line(&format!("Pushed {} of {}", mib(self.done.iter().sum()), mib(total)));
-                }
-            }
+            P::Progress(i, n) => self.progress(i, n, "Pushed"),
             P::Retrying(i, why) => line(&format!("{}: Retrying after: {why}", short(&self.layers, i))),
             P::Pushed(i, None) => line(&format!("{}: Pushed", short(&self.layers, i))),
             P::Pushed(i, Some(d)) => line(&format!("{}: Pushed as {d} (compressed again)", short(&self.layers, i))),
@@ -227,16 +230,7 @@ impl Lines {
                 line(&format!("{}: {} ({})", short(&self.layers, i), self.started_word, mib(size)));
             }
             Event::Started(i, at) => line(&format!("{}: Resuming at byte {at}", short(&self.layers, i))),
-            Event::Progress(i, n) => {
-                if let Some(d) = self.done.get_mut(i) {
-                    *d = n;
-                }
-                if self.last_total.elapsed() >= Duration::from_secs(5) {
-                    self.last_total = Instant::now();
-                    let total: u64 = self.layers.iter().map(|l| l.1).sum();
-                    line(&format!("Downloaded {} of {}", mib(self.done.iter().sum()), mib(total)));
-                }
-            }
+            Event::Progress(i, n) => self.progress(i, n, "Downloaded"),
             Event::Retrying(i, why) => line(&format!("{}: Retrying after: {why}", short(&self.layers, i))),
             Event::Verifying(i) => line(&format!("{}: Verifying", short(&self.layers, i))),
             Event::Complete(i) => line(&format!("{}: {}", short(&self.layers, i), self.done_word)),
