@@ -41,8 +41,9 @@ impl Dirs {
         format!("lowerdir={},upperdir={},workdir={},metacopy=on", self.lower.display(), self.upper.display(), work.display())
     }
 
-    fn shalefs(&self) -> ShaleMount {
-        let args: Vec<OsString> = vec!["-o".into(), self.options(&self.work).into()];
+    fn shalefs(&self, extra: &[&str]) -> ShaleMount {
+        let mut args: Vec<OsString> = vec!["-o".into(), self.options(&self.work).into()];
+        args.extend(extra.iter().map(OsString::from));
         ShaleMount::foreground(&args, &self.mnt).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -101,18 +102,27 @@ fn sequence(d: &Dirs, m: &Path) -> Vec<String> {
 
 #[test]
 fn metacopy_matches_kernel_overlayfs_with_metacopy() {
-    let ours = Dirs::new("metacopy-ours");
-    let seen_ours = {
-        let _m = ours.shalefs();
-        sequence(&ours, &ours.mnt)
-    };
     let theirs = Dirs::new("metacopy-kernel");
     let seen_kernel = {
         let (_k, km) = theirs.kernel();
         sequence(&theirs, &km)
     };
-    assert_eq!(seen_ours, seen_kernel);
-    assert!(seen_ours[1].starts_with("upper big: data copied false "), "{}", seen_ours[1]);
+    // Served by the daemon, the reader open from the start reads the copy, as on the kernel.
+    let ours = Dirs::new("metacopy-ours-daemon");
+    let seen_daemon = {
+        let _m = ours.shalefs(&["--no-passthrough"]);
+        sequence(&ours, &ours.mnt)
+    };
+    assert_eq!(seen_daemon, seen_kernel);
+    assert!(seen_daemon[1].starts_with("upper big: data copied false "), "{}", seen_daemon[1]);
+    // Passed through, it keeps the lower copy (README, deliberate difference 4); all else alike.
+    let ours = Dirs::new("metacopy-ours");
+    let mut seen_ours = {
+        let _m = ours.shalefs(&[]);
+        sequence(&ours, &ours.mnt)
+    };
+    assert_eq!(seen_ours.pop().as_deref(), Some("reader after write: \"\""));
+    assert_eq!(seen_ours, seen_kernel[..seen_kernel.len() - 1]);
 }
 
 #[test]
@@ -120,7 +130,7 @@ fn kernel_overlayfs_and_shalefs_mount_each_others_metacopy_uppers() {
     // shalefs writes, kernel overlayfs reads.
     let ours = Dirs::new("metacopy-to-kernel");
     {
-        let _m = ours.shalefs();
+        let _m = ours.shalefs(&[]);
         std::fs::set_permissions(ours.mnt.join("big"), std::fs::Permissions::from_mode(0o604)).unwrap();
         std::fs::set_permissions(ours.mnt.join("small"), std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::rename(ours.mnt.join("small"), ours.mnt.join("sub/renamed")).unwrap();
@@ -141,7 +151,7 @@ fn kernel_overlayfs_and_shalefs_mount_each_others_metacopy_uppers() {
         std::fs::rename(km.join("small"), km.join("sub/renamed")).unwrap();
     }
     assert!(!theirs.marks("big").is_empty(), "kernel overlayfs made a metacopy");
-    let _m = theirs.shalefs();
+    let _m = theirs.shalefs(&[]);
     assert_eq!(std::fs::read(theirs.mnt.join("big")).unwrap(), big_content());
     assert_eq!(std::fs::metadata(theirs.mnt.join("big")).unwrap().mode() & 0o7777, 0o604);
     assert_eq!(std::fs::read_to_string(theirs.mnt.join("sub/renamed")).unwrap(), "small data\n");

@@ -41,6 +41,13 @@ impl Rw {
         ShaleMount::foreground(&self.args(), &self.mnt).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Mounted with every read and write served by the daemon (`--no-passthrough`).
+    fn mount_without_passthrough(&self) -> ShaleMount {
+        let mut args = self.args();
+        args.push("--no-passthrough".into());
+        ShaleMount::foreground(&args, &self.mnt).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn m(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
@@ -125,27 +132,63 @@ fn read_before_and_after_copy_up(path: &Path) -> Vec<String> {
     vec![before, after, std::fs::read_to_string(path).unwrap()]
 }
 
+/// What a handle opened on a lower file before another handle copies it up and writes reads,
+/// on kernel overlayfs (which re-opens the real file: the copy) and on shalefs served by the
+/// daemon (the copy too). With FUSE passthrough the old handle keeps the lower copy (README,
+/// deliberate difference 4): its kernel inode passes through to the lower file, whose backing
+/// cannot change under an open handle (fs/fuse/iomode.c); the writer is sent to a new inode.
 #[test]
-fn open_files_survive_copy_up_and_unlink() {
-    let rw = Rw::new("openfiles", LayerSpec::new().file("f", "lower data").file("g", "g").file("h", "old h\n"));
-    let _m = rw.mount();
-    let mut reader = std::fs::File::open(rw.m("f")).unwrap();
-    std::fs::write(rw.m("f"), "upper data").unwrap();
-    let mut old = String::new();
-    reader.read_to_string(&mut old).unwrap();
-    // As on kernel overlayfs (which re-opens the real file), a handle opened before the copy-up
-    // reads the copy; new opens too.
-    assert_eq!(old, "upper data", "a file open before copy-up reads the copy");
-    assert_eq!(std::fs::read_to_string(rw.m("f")).unwrap(), "upper data", "new opens see the copy");
-    // The same with the reader's pages already cached, on shalefs and kernel overlayfs alike.
-    let seen = read_before_and_after_copy_up(&rw.m("h"));
+fn a_handle_open_before_a_copy_up_reads_the_copy_unless_it_passes_through() {
+    let spec = || LayerSpec::new().file("f", "lower data").file("h", "old h\n");
     let kdir = TestDir::new("openfiles-kernel");
     let kl = kdir.path().join("lower");
-    LayerSpec::new().file("h", "old h\n").build(&kl, Encoding::Overlay);
+    spec().build(&kl, Encoding::Overlay);
     let (ku, kw, km) = (kdir.mkdir("upper"), kdir.mkdir("work"), kdir.mkdir("mnt"));
     let _k = KernelOverlay::mount(&format!("lowerdir={},upperdir={},workdir={}", kl.display(), ku.display(), kw.display()), &km);
-    assert_eq!(seen, read_before_and_after_copy_up(&km.join("h")));
+    let kernel = read_before_and_after_copy_up(&km.join("h"));
+    assert_eq!(kernel, ["old h\n", "NEW h\n", "NEW h\n"]);
 
+    let rw = Rw::new("openfiles-daemon", spec());
+    {
+        let _m = rw.mount_without_passthrough();
+        let mut reader = std::fs::File::open(rw.m("f")).unwrap();
+        std::fs::write(rw.m("f"), "upper data").unwrap();
+        let mut old = String::new();
+        reader.read_to_string(&mut old).unwrap();
+        assert_eq!(old, "upper data", "served by the daemon, a file open before copy-up reads the copy");
+        assert_eq!(read_before_and_after_copy_up(&rw.m("h")), kernel);
+    }
+
+    let rw = Rw::new("openfiles-passthrough", spec());
+    let _m = rw.mount();
+    let reader = std::fs::File::open(rw.m("h")).unwrap();
+    let seen = read_before_and_after_copy_up(&rw.m("h"));
+    assert_eq!(seen, ["old h\n", "old h\n", "NEW h\n"], "passed through, the old handle keeps the lower copy; new opens see the copy");
+    assert_eq!(reader.metadata().unwrap().ino(), std::fs::metadata(rw.m("h")).unwrap().ino(), "one st_ino for the old handle and the name");
+    assert_eq!(std::fs::read(rw.lower.join("h")).unwrap(), b"old h\n", "the lower layer untouched");
+    drop(reader);
+    // Truncated by name while a reader passes through: the truncate lands, on the copy.
+    use std::os::unix::fs::FileExt;
+    let reader = std::fs::File::open(rw.m("f")).unwrap();
+    let mut buf = [0u8; 4];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    truncate_by_name(&rw.m("f"), 3);
+    assert_eq!(std::fs::read(rw.m("f")).unwrap(), b"low");
+    assert_eq!(std::fs::read(rw.lower.join("f")).unwrap(), b"lower data");
+    drop(reader);
+}
+
+fn truncate_by_name(path: &Path, len: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), len) }, 0, "truncate {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+#[test]
+fn open_files_survive_unlink() {
+    let rw = Rw::new("openfiles", LayerSpec::new().file("g", "g"));
+    let _m = rw.mount();
     let mut w = std::fs::OpenOptions::new().read(true).write(true).open(rw.m("g")).unwrap();
     std::fs::remove_file(rw.m("g")).unwrap();
     assert!(!rw.m("g").exists());
@@ -159,8 +202,7 @@ fn open_files_survive_copy_up_and_unlink() {
     w.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still");
     drop(w);
-    let kinds = vec![("f".into(), libc::S_IFREG, 0), ("g".into(), libc::S_IFCHR, 0), ("h".into(), libc::S_IFREG, 0)];
-    assert_eq!(upper_kinds(&rw.upper), kinds);
+    assert_eq!(upper_kinds(&rw.upper), vec![("g".into(), libc::S_IFCHR, 0)], "the unlinked lower file is a whiteout");
 }
 
 #[test]
@@ -404,15 +446,22 @@ fn mmap_write_beside_an_older_reader(m: &Path, lower_file: &Path) -> Vec<String>
     vec![format!("mapped {mapped}"), old, String::from_utf8_lossy(&lower[..6]).into_owned(), String::from_utf8_lossy(&std::fs::read(&path).unwrap()[..6]).into_owned()]
 }
 
-/// Pins why lower files of a writable mount are not passed through (src/fuse/backing.rs): the
-/// only open the kernel then accepts for the copying-up writer maps the lower file, so this
-/// mapping wrote the image layer when it was tried.
+/// Pins why a writer that copies up a file whose readers pass through to its lower copy gets a
+/// kernel inode of its own (src/fuse/nodeids.rs): the only open the kernel accepts for it on the
+/// old inode maps the lower file, so this mapping wrote the image layer when it was tried.
 #[test]
 fn mmap_write_after_copy_up_beside_a_reader_leaves_the_lower_layer_alone() {
     let content = format!("lower!{}", "\n".repeat(8000));
     let rw = Rw::new("mmapreader", LayerSpec::new().file("mapped", &content));
     let ours = {
         let _m = rw.mount();
+        mmap_write_beside_an_older_reader(&rw.mnt, &rw.lower.join("mapped"))
+    };
+    // The old handle passes through to the lower copy (deliberate difference 4).
+    assert_eq!(ours, ["mapped true", "lower!", "lower!", "MAPer!"]);
+    let rw = Rw::new("mmapreader-daemon", LayerSpec::new().file("mapped", &content));
+    let ours = {
+        let _m = rw.mount_without_passthrough();
         mmap_write_beside_an_older_reader(&rw.mnt, &rw.lower.join("mapped"))
     };
     let kdir = TestDir::new("mmapreader-kernel");

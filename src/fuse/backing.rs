@@ -4,21 +4,22 @@
 //! The kernel's rule (fs/fuse/iomode.c) shapes this table: all passthrough opens of one FUSE
 //! inode must name the same backing file, and an inode open in cached mode cannot also be open
 //! in passthrough mode. So per inode we keep one registered backing file while any handle uses
-//! it. When a file open read-only on its lower copy is opened for writing (and so copied up),
-//! the new handle cannot pass through to the upper copy while the old one is open: it names the
-//! same backing id with FOPEN_DIRECT_IO, which makes the kernel send its reads and writes to
-//! this daemon (the only mixed form the kernel accepts: a plain FOPEN_DIRECT_IO open fails
-//! with EIO while the inode passes through, tried on 6.18). Its mmap maps the old backing file,
-//! which is why that file must never be a lower layer's: a writable shared mapping would write
-//! the layer. A passthrough reply may carry no flag but
+//! it. A handle that needs another copy of the file than the one the inode's handles pass
+//! through to cannot be served on that inode: passing through to its copy is refused (EBUSY),
+//! a plain open fails (the kernel wants FOPEN_PASSTHROUGH on every open of such an inode: EIO),
+//! and the one form accepted, the same backing id with FOPEN_DIRECT_IO, sends its reads and
+//! writes to this daemon but maps the *old* backing file: a writable shared mapping through it
+//! wrote the lower layer's file when tried on 6.18. A passthrough reply may carry no flag but
 //! FOPEN_DIRECT_IO and FOPEN_NOFLUSH (the kernel's FOPEN_PASSTHROUGH_MASK). When the
 //! kernel refuses a backing file (no privilege, a stacked filesystem) the inode stays in cached
 //! mode, served by this daemon, until its last handle closes.
 //!
-//! A lower file of a writable mount is never passed through: once copied up, a handle opened
-//! before must read the upper copy (kernel overlayfs re-opens the real file), a backing file
-//! cannot change under an open handle, and the writer's handle would map the lower file (above). The daemon serves it, with the page cache kept
-//! across opens (a lower file's content changes only through this daemon, after copy-up).
+//! A lower file of a writable mount passes through too, as on a read-only mount: its reads run
+//! at the kernel's speed and share the lower file's page cache with every other container of
+//! the image. When such a file is copied up while handles pass through to its lower copy, the
+//! open that needs the copy gets [`Reply::Moved`]: it is sent back (ESTALE) to come again on a
+//! new kernel inode (see [`super::nodeids`]), whose handles pass through to the copy. The old
+//! handles keep reading the lower copy (README, deliberate differences).
 //!
 //! On a mount a commit may pause (a store container's, see [`crate::freeze`]) writable handles
 //! are served by the daemon too, so that every write passes the freeze gate.
@@ -32,7 +33,8 @@ use fuser::{BackingId, FopenFlags};
 use crate::union::file::OpenFile;
 
 enum Slot {
-    Passthrough { id: Arc<BackingId>, real: (u64, u64), opens: usize },
+    /// `lower`: the backing file is a lower layer's (a copy-up moves the file off it).
+    Passthrough { id: Arc<BackingId>, real: (u64, u64), lower: bool, opens: usize },
     Cached { opens: usize },
 }
 
@@ -53,6 +55,10 @@ pub enum Reply {
     Passthrough(Arc<BackingId>, FopenFlags),
     /// No passthrough; these flags added to the usual ones.
     Plain(FopenFlags),
+    /// The inode's handles pass through to another copy of the file (the lower one, before a
+    /// copy-up): this handle cannot be served on this kernel inode without reading the wrong
+    /// copy, or mapping the lower file writable. Nothing was counted.
+    Moved,
 }
 
 impl Backings {
@@ -82,19 +88,20 @@ impl Backings {
         let real = || crate::sys::fstat(open.fd()).ok().map(|st| (st.st_dev, st.st_ino));
         let by_daemon = open.writable && self.serve_writes.load(Ordering::Relaxed);
         let reply = match inodes.get_mut(&ino) {
-            Some(Slot::Passthrough { id, real: r, opens }) => {
+            Some(Slot::Passthrough { id, real: r, opens, .. }) => {
+                if real() != Some(*r) {
+                    return Reply::Moved;
+                }
                 *opens += 1;
-                // Another copy of the file (it was copied up): the daemon serves this handle.
-                let flags = if !by_daemon && real() == Some(*r) { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
+                let flags = if by_daemon { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
                 Reply::Passthrough(id.clone(), flags)
             }
             Some(Slot::Cached { opens }) => {
                 *opens += 1;
                 Reply::Plain(FopenFlags::empty())
             }
-            // A lower file of a writable mount is served by the daemon (see `OpenFile::may_move`),
-            // as is every file when the kernel offers no passthrough.
-            None => match if self.enabled() && !open.may_move && !by_daemon { real() } else { None } {
+            // Every file is served by the daemon when the kernel offers no passthrough.
+            None => match if self.enabled() && !by_daemon { real() } else { None } {
                 None => {
                     inodes.insert(ino, Slot::Cached { opens: 1 });
                     Reply::Plain(FopenFlags::empty())
@@ -102,7 +109,7 @@ impl Backings {
                 Some(real) => match register(open.fd()) {
                     Ok(id) => {
                         let id = Arc::new(id);
-                        inodes.insert(ino, Slot::Passthrough { id: id.clone(), real, opens: 1 });
+                        inodes.insert(ino, Slot::Passthrough { id: id.clone(), real, lower: open.may_move, opens: 1 });
                         Reply::Passthrough(id, FopenFlags::empty())
                     }
                     Err(e) => {
@@ -123,6 +130,25 @@ impl Backings {
             handles.insert(fh, ino);
         }
         reply
+    }
+
+    /// Serve handle `fh` on inode `ino` beside handles that pass through to another copy of the
+    /// file, when it cannot move to a new inode: the same backing id, with every read and write
+    /// sent to this daemon (FOPEN_DIRECT_IO; the kernel accepts no other form). Only for a
+    /// read-only handle: this handle's mmap would map the other copy.
+    pub fn open_beside(&self, ino: u64, fh: u64) -> Option<Reply> {
+        let mut inodes = self.inodes.lock().ok()?;
+        let Some(Slot::Passthrough { id, opens, .. }) = inodes.get_mut(&ino) else { return None };
+        *opens += 1;
+        let reply = Reply::Passthrough(id.clone(), FopenFlags::FOPEN_DIRECT_IO);
+        drop(inodes);
+        self.handles.lock().ok()?.insert(fh, ino);
+        Some(reply)
+    }
+
+    /// Whether handles of inode `ino` pass through to a lower layer's copy of its file.
+    pub fn passes_through_lower(&self, ino: u64) -> bool {
+        self.inodes.lock().is_ok_and(|i| matches!(i.get(&ino), Some(Slot::Passthrough { lower: true, .. })))
     }
 
     /// A handle closed: the inode's backing file goes with its last handle.

@@ -2,6 +2,7 @@
 //! calls the union once, and replies once; all overlay logic lives in [`crate::union`].
 
 pub mod backing;
+pub mod nodeids;
 pub mod reply;
 pub mod session;
 
@@ -31,6 +32,8 @@ pub struct ShaleFs {
     /// Ask the kernel for FUSE passthrough of file I/O.
     want_passthrough: bool,
     backings: backing::Backings,
+    /// Kernel node ids ↔ union inodes (they differ only for files split off at a copy-up).
+    ids: nodeids::NodeIds,
     /// The kernel can do without OPENDIR and RELEASEDIR (Linux ≥ 5.1): two round trips fewer
     /// per directory read, and it caches listings as if FOPEN_CACHE_DIR had been answered.
     no_opendir: bool,
@@ -42,7 +45,7 @@ pub struct ShaleFs {
 
 impl ShaleFs {
     pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
-        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), no_opendir: false, gate: None, session_end: None }
+        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), ids: nodeids::NodeIds::default(), no_opendir: false, gate: None, session_end: None }
     }
 
     /// Let a commit pause this mount's changes. Writable handles are then served by the
@@ -58,18 +61,38 @@ impl ShaleFs {
         self.gate.as_ref().map(|g| g.enter())
     }
 
-    /// How to answer an open or a create of handle `fh`: the backing file to pass through to,
-    /// when the kernel allows it, and the open flags. `register` is the reply's `open_backing`.
+    /// How to answer an open or a create of handle `fh` of union inode `ino` on kernel node
+    /// `nodeid`: the backing file to pass through to, when the kernel allows it, and the open
+    /// flags. `register` is the reply's `open_backing`.
+    ///
+    /// A handle that needs the upper copy of a file whose kernel inode passes through to its
+    /// lower copy is answered ESTALE, once: the VFS then looks the name up again and opens
+    /// a new kernel inode for the file (see [`nodeids`]). When the kernel comes back on the same
+    /// inode (a re-open through /proc/PID/fd), a read-only handle is served by this daemon
+    /// beside the others; a writable one is refused with ETXTBSY, as its mmap would map the
+    /// lower layer's file.
     fn open_answer(
         &self,
+        nodeid: u64,
         ino: u64,
         fh: u64,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
-    ) -> (Option<std::sync::Arc<fuser::BackingId>>, FopenFlags) {
-        let Ok(open) = self.union.open_file(fh) else { return (None, self.open_flags(None)) };
-        match self.backings.open(ino, fh, &open, register) {
-            backing::Reply::Passthrough(id, extra) => (Some(id), Self::passthrough_flags() | extra),
-            backing::Reply::Plain(extra) => (None, self.open_flags(Some(&open)) | extra),
+    ) -> Result<(Option<std::sync::Arc<fuser::BackingId>>, FopenFlags), crate::sys::Errno> {
+        let Ok(open) = self.union.open_file(fh) else { return Ok((None, self.open_flags(None))) };
+        match self.backings.open(nodeid, fh, &open, register) {
+            backing::Reply::Passthrough(id, extra) => Ok((Some(id), Self::passthrough_flags() | extra)),
+            backing::Reply::Plain(extra) => Ok((None, self.open_flags(Some(&open)) | extra)),
+            backing::Reply::Moved => {
+                let split = self.ids.split(nodeid, ino);
+                if !split && !open.writable
+                    && let Some(backing::Reply::Passthrough(id, extra)) = self.backings.open_beside(nodeid, fh)
+                {
+                    return Ok((Some(id), Self::passthrough_flags() | extra));
+                }
+                drop(open);
+                self.union.release(fh);
+                Err(if split { crate::sys::Errno(libc::ESTALE) } else { crate::sys::Errno(libc::ETXTBSY) })
+            }
         }
     }
 
@@ -152,7 +175,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.union.lookup(parent.0, name.as_bytes()) {
+        match self.union.lookup(self.ids.union(parent.0), name.as_bytes()) {
             // A name that is not there is answered with node 0 and a timeout: the kernel keeps
             // a negative dentry (as it does on kernel overlayfs) instead of asking again — a
             // program probing for files that do not exist (python's imports) asks once. A name
@@ -163,18 +186,18 @@ impl Filesystem for ShaleFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.union.forget(ino.0, nlookup);
+        self.union.forget(self.ids.union(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0, _fh.map(|f| f.0)) {
+        match self.union.getattr(self.ids.union(ino.0), _fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.union.readlink(ino.0) {
+        match self.union.readlink(self.ids.union(ino.0)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
         }
@@ -183,10 +206,12 @@ impl Filesystem for ShaleFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         // A writable open copies up: a change like any other.
         let _gate = crate::union::file::wants_write(flags.0).then(|| self.enter());
-        match self.union.open(ino.0, flags.0) {
-            Ok(fh) => match self.open_answer(ino.0, fh, |fd| reply.open_backing(fd)) {
-                (Some(id), flags) => reply.opened_passthrough(FileHandle(fh), flags, &id),
-                (None, flags) => reply.opened(FileHandle(fh), flags),
+        let union_ino = self.ids.union(ino.0);
+        match self.union.open(union_ino, flags.0) {
+            Ok(fh) => match self.open_answer(ino.0, union_ino, fh, |fd| reply.open_backing(fd)) {
+                Ok((Some(id), flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
+                Ok((None, flags)) => reply.opened(FileHandle(fh), flags),
+                Err(e) => reply.error(errno(e)),
             },
             Err(e) => reply.error(errno(e)),
         }
@@ -238,7 +263,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let read = match self.union.dir_listing(ino.0, offset) {
+        let read = match self.union.dir_listing(self.ids.union(ino.0), offset) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
         };
@@ -260,7 +285,7 @@ impl Filesystem for ShaleFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let read = match self.union.dir_listing(ino.0, offset) {
+        let read = match self.union.dir_listing(self.ids.union(ino.0), offset) {
             Ok(v) => v,
             Err(e) => return reply.error(errno(e)),
         };
@@ -270,13 +295,14 @@ impl Filesystem for ShaleFs {
             let full = match entry {
                 // The kernel takes no lookup reference for "." and "..", so they are not remembered.
                 Dirent::Dot(dot_ino, name) => {
-                    let Ok(st) = self.union.getattr(dot_ino, None).or_else(|_| self.union.getattr(ino.0, None)) else { continue };
+                    let Ok(st) = self.union.getattr(dot_ino, None).or_else(|_| self.union.getattr(self.ids.union(ino.0), None)) else { continue };
                     reply.add(INodeNo(dot_ino), offset, OsStr::from_bytes(name), &self.ttl, &file_attr(&st), Generation(0))
                 }
                 Dirent::Entry(e) => {
                     // Each entry handed over is a lookup reference; one that did not fit is given back.
-                    let generation = Generation(self.union.remember(ino.0, &e.found).generation());
-                    let full = reply.add(INodeNo(e.found.ino), offset, OsStr::from_bytes(&e.name), &self.ttl, &file_attr(&e.found.stat), generation);
+                    let generation = Generation(self.union.remember(self.ids.union(ino.0), &e.found).generation());
+                    let (attr, ttl) = self.entry_attr(&e.found.stat, self.ids.entry(e.found.ino));
+                    let full = reply.add(INodeNo(e.found.ino), offset, OsStr::from_bytes(&e.name), &ttl, &attr, generation);
                     if full {
                         self.union.forget(e.found.ino, 1);
                     }
@@ -325,14 +351,14 @@ impl Filesystem for ShaleFs {
         if ino.0 == crate::union::ino::ROOT_INO && name.as_bytes() == DAEMON_PID_XATTR.as_bytes() {
             return reply::xattr(reply, daemon_identity().as_bytes(), size);
         }
-        match self.union.getxattr(ino.0, name.as_bytes()) {
+        match self.union.getxattr(self.ids.union(ino.0), name.as_bytes()) {
             Ok(value) => reply::xattr(reply, &value, size),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.union.listxattr(ino.0) {
+        match self.union.listxattr(self.ids.union(ino.0)) {
             Ok(names) => reply::xattr(reply, &names, size),
             Err(e) => reply.error(errno(e)),
         }
@@ -357,8 +383,14 @@ impl Filesystem for ShaleFs {
         reply: ReplyAttr,
     ) {
         let _gate = self.enter();
+        let union_ino = self.ids.union(ino.0);
+        // A truncate by name of a file whose inode passes through to its lower copy changes data
+        // that inode cannot show: sent back to come again on a new inode, as an open is.
+        if size.is_some() && fh.is_none() && self.backings.passes_through_lower(ino.0) && self.ids.split(ino.0, union_ino) {
+            return reply.error(errno(crate::sys::Errno(libc::ESTALE)));
+        }
         let change = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
-        match self.union.setattr(ino.0, change, fh.map(|f| f.0)) {
+        match self.union.setattr(union_ino, change, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
@@ -370,34 +402,34 @@ impl Filesystem for ShaleFs {
             libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
             _ => NewObject::Node { mode, rdev: rdev as u64 },
         };
-        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req))    , reply);
+        self.reply_entry(self.union.create_object(self.ids.union(parent.0), name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let _gate = self.enter();
         let obj = NewObject::Dir { mode };
-        self.reply_entry(self.union.create_object(parent.0, name.as_bytes(), obj, caller(req))    , reply);
+        self.reply_entry(self.union.create_object(self.ids.union(parent.0), name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let _gate = self.enter();
         let obj = NewObject::Symlink { target: target.as_os_str().as_bytes() };
-        self.reply_entry(self.union.create_object(parent.0, link_name.as_bytes(), obj, caller(req))    , reply);
+        self.reply_entry(self.union.create_object(self.ids.union(parent.0), link_name.as_bytes(), obj, caller(req))    , reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _gate = self.enter();
-        self.reply_entry(self.union.link(ino.0, newparent.0, newname.as_bytes()), reply);
+        self.reply_entry(self.union.link(self.ids.union(ino.0), self.ids.union(newparent.0), newname.as_bytes()), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _gate = self.enter();
-        reply_empty(self.union.unlink(parent.0, name.as_bytes()), reply);
+        reply_empty(self.union.unlink(self.ids.union(parent.0), name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _gate = self.enter();
-        reply_empty(self.union.rmdir(parent.0, name.as_bytes()), reply);
+        reply_empty(self.union.rmdir(self.ids.union(parent.0), name.as_bytes()), reply);
     }
 
     fn rename(
@@ -411,18 +443,24 @@ impl Filesystem for ShaleFs {
         reply: ReplyEmpty,
     ) {
         let _gate = self.enter();
-        let r = self.union.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits());
+        let r = self.union.rename(self.ids.union(parent.0), name.as_bytes(), self.ids.union(newparent.0), newname.as_bytes(), flags.bits());
         reply_empty(r, reply);
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
         let _gate = self.enter();
-        match self.union.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+        match self.union.create(self.ids.union(parent.0), name.as_bytes(), mode, flags, caller(req)) {
             Ok((e, fh)) => {
-                let (attr, generation) = (file_attr(&e.stat), Generation(e.generation));
-                match self.open_answer(e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
-                    (Some(id), flags) => reply.created_passthrough(&self.ttl, &attr, generation, FileHandle(fh), flags, &id),
-                    (None, flags) => reply.created(&self.ttl, &attr, generation, FileHandle(fh), flags),
+                let (alias, generation) = (self.ids.entry(e.stat.st_ino), Generation(e.generation));
+                let (attr, ttl) = self.entry_attr(&e.stat, alias);
+                match self.open_answer(attr.ino.0, e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
+                    Ok((Some(id), flags)) => reply.created_passthrough(&ttl, &attr, generation, FileHandle(fh), flags, &id),
+                    Ok((None, flags)) => reply.created(&ttl, &attr, generation, FileHandle(fh), flags),
+                    Err(err) => {
+                        // No entry reaches the kernel: give back the reference it would have held.
+                        self.union.forget(e.stat.st_ino, 1);
+                        reply.error(errno(err));
+                    }
                 }
             }
             Err(e) => reply.error(errno(e)),
@@ -470,17 +508,17 @@ impl Filesystem for ShaleFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply_empty(self.union.fsyncdir(ino.0, datasync), reply);
+        reply_empty(self.union.fsyncdir(self.ids.union(ino.0), datasync), reply);
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
         let _gate = self.enter();
-        reply_empty(self.union.setxattr(ino.0, name.as_bytes(), value, flags), reply);
+        reply_empty(self.union.setxattr(self.ids.union(ino.0), name.as_bytes(), value, flags), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _gate = self.enter();
-        reply_empty(self.union.removexattr(ino.0, name.as_bytes()), reply);
+        reply_empty(self.union.removexattr(self.ids.union(ino.0), name.as_bytes()), reply);
     }
 
     fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
@@ -519,8 +557,25 @@ impl Filesystem for ShaleFs {
 impl ShaleFs {
     fn reply_entry(&self, r: crate::sys::SysResult<Entry>, reply: ReplyEntry) {
         match r {
-            Ok(e) => reply.entry(&self.ttl, &file_attr(&e.stat), Generation(e.generation)),
+            Ok(e) => {
+                let (attr, attr_ttl) = self.entry_attr(&e.stat, self.ids.entry(e.stat.st_ino));
+                reply.entry_with_ttls(&attr_ttl, &self.ttl, &attr, Generation(e.generation))
+            }
             Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// The attributes of an entry for the kernel, and how long it may keep them. fuser takes a
+    /// file's node id from its attributes, so an alias entry carries the alias there — and no
+    /// time to keep them: the kernel asks GETATTR first, whose answer has the real `st_ino`.
+    fn entry_attr(&self, st: &libc::stat, alias: Option<u64>) -> (fuser::FileAttr, Duration) {
+        let mut attr = file_attr(st);
+        match alias {
+            Some(alias) => {
+                attr.ino = INodeNo(alias);
+                (attr, Duration::ZERO)
+            }
+            None => (attr, self.ttl),
         }
     }
 }

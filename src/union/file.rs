@@ -24,8 +24,8 @@ pub struct OpenFile {
     pub node: Arc<Node>,
     pub writable: bool,
     /// Opened on a lower layer of a writable mount, so a copy-up may move it. Only read-only
-    /// opens stay on a lower layer (a writable open copies up first). Such a handle cannot use
-    /// FUSE passthrough, whose backing file cannot change under an open handle.
+    /// opens stay on a lower layer (a writable open copies up first). Passed through, such a
+    /// handle keeps its lower file (a backing file cannot change under an open handle).
     pub may_move: bool,
 }
 
