@@ -418,6 +418,35 @@ fn killed_during_a_rename_leaves_exactly_one_name() {
     assert!(std::fs::read_dir(rw.work.join("shalefs")).unwrap().next().is_none());
 }
 
+/// A file moved off its passthrough inode by a copy-up (src/fuse/nodeids.rs): its other
+/// hard-linked name (whose dentry still names the old inode), a read-only re-open of the old
+/// handle through /proc/self/fd (which no lookup can move: served by the daemon, reading the
+/// copy), and a writable one there (refused: its mmap would map the lower file).
+#[test]
+fn names_and_reopens_of_a_file_moved_off_its_passthrough_inode_see_the_copy() {
+    use std::os::fd::AsRawFd;
+    let rw = Rw::new("splitnames", LayerSpec::new().file("a", "lower").hardlink("a", "b"));
+    let _m = rw.mount();
+    let reader = std::fs::File::open(rw.m("a")).unwrap();
+    assert_eq!(std::fs::read(rw.m("b")).unwrap(), b"lower");
+    std::fs::write(rw.m("a"), "upper").unwrap();
+    assert_eq!(std::fs::read(rw.m("a")).unwrap(), b"upper");
+    assert_eq!(std::fs::read(rw.m("b")).unwrap(), b"upper", "the other name");
+    let again = PathBuf::from(format!("/proc/self/fd/{}", reader.as_raw_fd()));
+    assert_eq!(std::fs::read(&again).unwrap(), b"upper", "a re-open of the old handle");
+    let err = std::fs::OpenOptions::new().write(true).open(&again).expect_err("a writable re-open on the old inode");
+    assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+    let mut old = String::new();
+    (&reader).read_to_string(&mut old).unwrap();
+    assert_eq!(old, "lower", "the old handle keeps the lower copy (deliberate difference 4)");
+    let inos: Vec<u64> = [rw.m("a"), rw.m("b")].iter().map(|p| std::fs::metadata(p).unwrap().ino()).collect();
+    assert_eq!(inos, [reader.metadata().unwrap().ino(); 2], "one st_ino");
+    drop(reader);
+    assert_eq!(std::fs::read(rw.lower.join("a")).unwrap(), b"lower");
+    std::fs::write(rw.m("b"), "again").unwrap();
+    assert_eq!(std::fs::read(rw.m("a")).unwrap(), b"again", "written through the other name");
+}
+
 /// With a read-only handle of a lower file open, open it for writing (a copy-up) and write
 /// through a shared mapping of the new handle: what the old handle, the lower layer's file and
 /// the merged file then hold.

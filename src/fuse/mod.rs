@@ -66,13 +66,13 @@ impl ShaleFs {
     /// flags. `register` is the reply's `open_backing`.
     ///
     /// A handle that needs the upper copy of a file whose kernel inode passes through to its
-    /// lower copy is answered ESTALE, once: the VFS then looks the name up again and opens
-    /// a new kernel inode for the file (see [`nodeids`]). When the kernel comes back on the same
-    /// inode (a re-open through /proc/PID/fd), a read-only handle is served by this daemon
-    /// beside the others; a writable one is refused with ETXTBSY, as its mmap would map the
-    /// lower layer's file.
+    /// lower copy is answered ESTALE: the VFS then looks the name up again and opens a new
+    /// kernel inode for the file (see [`nodeids`]). When its retry comes back on the same inode
+    /// (a re-open through /proc/PID/fd), a read-only handle is served by this daemon beside the
+    /// others; a writable one is refused with ETXTBSY, as its mmap would map the lower file.
     fn open_answer(
         &self,
+        pid: u32,
         nodeid: u64,
         ino: u64,
         fh: u64,
@@ -83,15 +83,15 @@ impl ShaleFs {
             backing::Reply::Passthrough(id, extra) => Ok((Some(id), Self::passthrough_flags() | extra)),
             backing::Reply::Plain(extra) => Ok((None, self.open_flags(Some(&open)) | extra)),
             backing::Reply::Moved => {
-                let split = self.ids.split(nodeid, ino);
-                if !split && !open.writable
+                let send_back = self.ids.send_back(nodeid, ino, pid);
+                if !send_back && !open.writable
                     && let Some(backing::Reply::Passthrough(id, extra)) = self.backings.open_beside(nodeid, fh)
                 {
                     return Ok((Some(id), Self::passthrough_flags() | extra));
                 }
                 drop(open);
                 self.union.release(fh);
-                Err(if split { crate::sys::Errno(libc::ESTALE) } else { crate::sys::Errno(libc::ETXTBSY) })
+                Err(if send_back { crate::sys::Errno(libc::ESTALE) } else { crate::sys::Errno(libc::ETXTBSY) })
             }
         }
     }
@@ -208,7 +208,7 @@ impl Filesystem for ShaleFs {
         let _gate = crate::union::file::wants_write(flags.0).then(|| self.enter());
         let union_ino = self.ids.union(ino.0);
         match self.union.open(union_ino, flags.0) {
-            Ok(fh) => match self.open_answer(ino.0, union_ino, fh, |fd| reply.open_backing(fd)) {
+            Ok(fh) => match self.open_answer(_req.pid(), ino.0, union_ino, fh, |fd| reply.open_backing(fd)) {
                 Ok((Some(id), flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
                 Ok((None, flags)) => reply.opened(FileHandle(fh), flags),
                 Err(e) => reply.error(errno(e)),
@@ -386,7 +386,7 @@ impl Filesystem for ShaleFs {
         let union_ino = self.ids.union(ino.0);
         // A truncate by name of a file whose inode passes through to its lower copy changes data
         // that inode cannot show: sent back to come again on a new inode, as an open is.
-        if size.is_some() && fh.is_none() && self.backings.passes_through_lower(ino.0) && self.ids.split(ino.0, union_ino) {
+        if size.is_some() && fh.is_none() && self.backings.passes_through_lower(ino.0) && self.ids.send_back(ino.0, union_ino, _req.pid()) {
             return reply.error(errno(crate::sys::Errno(libc::ESTALE)));
         }
         let change = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
@@ -453,7 +453,7 @@ impl Filesystem for ShaleFs {
             Ok((e, fh)) => {
                 let (alias, generation) = (self.ids.entry(e.stat.st_ino), Generation(e.generation));
                 let (attr, ttl) = self.entry_attr(&e.stat, alias);
-                match self.open_answer(attr.ino.0, e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
+                match self.open_answer(req.pid(), attr.ino.0, e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
                     Ok((Some(id), flags)) => reply.created_passthrough(&ttl, &attr, generation, FileHandle(fh), flags, &id),
                     Ok((None, flags)) => reply.created(&ttl, &attr, generation, FileHandle(fh), flags),
                     Err(err) => {

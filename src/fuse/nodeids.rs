@@ -32,6 +32,8 @@ struct Aliases {
     /// Alias → its union inode.
     aliases: HashMap<u64, u64>,
     last: u64,
+    /// The last node and process sent back.
+    sent_back: Option<(u64, u32)>,
 }
 
 impl NodeIds {
@@ -54,16 +56,23 @@ impl NodeIds {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        self.inner.lock().ok()?.current.get(&ino).copied()
+        let mut a = self.inner.lock().ok()?;
+        let alias = a.current.get(&ino).copied()?;
+        // A lookup answered with the alias: whatever comes next on the old node is no retry.
+        a.sent_back = None;
+        Some(alias)
     }
 
-    /// Split union inode `ino` off kernel node `nodeid`: later lookups get a new alias. False
-    /// when that already happened (the kernel still used the old node after its retry: a
-    /// re-open through /proc/PID/fd, which no new lookup can move).
-    pub fn split(&self, nodeid: u64, ino: u64) -> bool {
+    /// Whether to send an open (or truncate) by process `pid` of union inode `ino` on kernel node
+    /// `nodeid` back to look the name up again (ESTALE), splitting the file off that node if it
+    /// was not yet: later lookups get an alias. No when this process was just sent back from
+    /// this node and came again on it: its VFS retries once, and a re-open through
+    /// /proc/PID/fd (or a cached dentry no lookup replaces) lands on the same inode.
+    pub fn send_back(&self, nodeid: u64, ino: u64, pid: u32) -> bool {
         let Ok(mut a) = self.inner.lock() else { return false };
+        let retry = a.sent_back.replace((nodeid, pid)) == Some((nodeid, pid));
         if a.current.get(&ino).is_some_and(|&alias| alias != nodeid) {
-            return false;
+            return !retry;
         }
         a.last += 1;
         let alias = a.last + 1;
@@ -90,24 +99,26 @@ mod tests {
     #[test]
     fn a_split_file_is_looked_up_by_its_alias_from_then_on() {
         let ids = NodeIds::default();
-        assert!(ids.split(FILE, FILE));
+        assert!(ids.send_back(FILE, FILE, 10));
         let alias = ids.entry(FILE).expect("an alias after the split");
         assert!((2..1 << 48).contains(&alias), "aliases stay clear of union numbers and the root");
         assert_eq!(ids.union(alias), FILE);
         assert_eq!(ids.union(FILE), FILE, "the old node still names the file");
-        assert_eq!(ids.entry(FILE), Some(alias), "a second lookup, the same alias");
         assert_eq!(ids.entry(FILE), Some(alias), "for the life of the mount, never the old node again");
     }
 
     #[test]
-    fn a_retry_that_comes_back_on_the_old_node_is_not_split_twice() {
+    fn a_retry_that_comes_back_on_the_old_node_is_not_sent_back_again() {
         let ids = NodeIds::default();
-        assert!(ids.split(FILE, FILE));
+        assert!(ids.send_back(FILE, FILE, 10));
+        assert!(!ids.send_back(FILE, FILE, 10), "the same process on the old node again, no lookup between: served there");
+        assert!(ids.send_back(FILE, FILE, 11), "another process on the old node (a cached dentry): sent back");
         let alias = ids.entry(FILE).expect("alias");
-        assert!(!ids.split(FILE, FILE), "the old node asked again: no new alias");
-        assert!(ids.split(alias, FILE), "the alias's own inode may split again");
+        assert!(ids.send_back(FILE, FILE, 11), "after a lookup, the same process again: sent back");
+        assert_eq!(ids.entry(FILE), Some(alias), "to the same alias");
+        assert!(ids.send_back(alias, FILE, 11), "the alias's own inode may split again");
         let next = ids.entry(FILE).expect("a newer alias");
         assert_ne!(next, alias);
-        assert_eq!(ids.union(alias), FILE, "the older alias still names the file while referenced");
+        assert_eq!(ids.union(alias), FILE, "the older alias still names the file");
     }
 }
