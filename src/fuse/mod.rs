@@ -2,8 +2,11 @@
 //! calls the union once, and replies once; all overlay logic lives in [`crate::union`].
 
 pub mod backing;
+pub mod probe;
 pub mod reply;
 pub mod session;
+pub mod uring;
+pub mod wire;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
