@@ -40,6 +40,13 @@ enum Cmd {
         /// Client thread counts to run, e.g. 1,2.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         threads: Vec<usize>,
+        /// Leave the ring's queue threads free to run on any CPU (they are pinned to their
+        /// queue's CPU otherwise), to see what that locality is worth.
+        #[arg(long)]
+        no_pin: bool,
+        /// The name of this target in the output (default: the transport).
+        #[arg(long)]
+        label: Option<String>,
     },
     /// Time the getxattr loop on a file of a mount made elsewhere.
     Client {
@@ -80,12 +87,13 @@ impl Op {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Probe { transport, mountpoint, iterations, threads } => {
+        Cmd::Probe { transport, mountpoint, iterations, threads, no_pin, label } => {
             let transport = match transport {
                 Kind::Classic => Transport::Classic,
                 Kind::Ring => Transport::Ring,
             };
-            probe(transport, &mountpoint, iterations, &threads)
+            let label = label.unwrap_or_else(|| transport.name().to_string());
+            probe(transport, !no_pin, &label, &mountpoint, iterations, &threads)
         }
         Cmd::Client { path, label, iterations, threads, stat } => {
             let ops: &[Op] = if stat { &[Op::Getxattr, Op::Stat] } else { &[Op::Getxattr] };
@@ -99,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn probe(transport: Transport, mountpoint: &Path, iterations: usize, threads: &[usize]) -> anyhow::Result<()> {
+fn probe(transport: Transport, pin: bool, label: &str, mountpoint: &Path, iterations: usize, threads: &[usize]) -> anyhow::Result<()> {
     // The ring needs enable_uring on while the connection is set up; the guard puts the value
     // it found back on every path out of here.
     let _param = match transport {
@@ -107,11 +115,11 @@ fn probe(transport: Transport, mountpoint: &Path, iterations: usize, threads: &[
         Transport::Ring => Some(EnableUring::set(true).context("setting enable_uring")?),
         Transport::Classic => None,
     };
-    let probe = Probe::mount(mountpoint, transport, 2)?;
+    let probe = Probe::mount_with(mountpoint, transport, 2, pin)?;
     let file = probe.file();
     for op in [Op::Getxattr, Op::Stat] {
         for &t in threads {
-            report(transport.name(), op, t, &measure(&file, op, t, iterations)?);
+            report(label, op, t, &measure(&file, op, t, iterations)?);
         }
     }
     let counts = probe.unmount()?;
@@ -120,7 +128,7 @@ fn probe(transport: Transport, mountpoint: &Path, iterations: usize, threads: &[
         .into_iter()
         .map(|(op, dev, ring)| format!("\"{}\": {{\"dev\": {dev}, \"ring\": {ring}}}", opcode_name(op)))
         .collect();
-    println!("{{\"target\": \"{}\", \"arrivals\": {{{}}}}}", transport.name(), arrivals.join(", "));
+    println!("{{\"target\": \"{label}\", \"arrivals\": {{{}}}}}", arrivals.join(", "));
     if transport == Transport::Ring && counts.get(Via::Ring, shalefs::fuse::wire::FUSE_GETXATTR) == 0 {
         bail!("no GETXATTR arrived on the ring: the kernel served the probe over /dev/fuse");
     }

@@ -201,6 +201,12 @@ impl Probe {
     /// answered and, for the ring, every queue has its entries registered. Fails if the ring
     /// was asked for and the kernel did not offer it (enable_uring off, or a kernel < 6.14).
     pub fn mount(mountpoint: &Path, transport: Transport, dev_threads: usize) -> anyhow::Result<Probe> {
+        Probe::mount_with(mountpoint, transport, dev_threads, true)
+    }
+
+    /// [`Probe::mount`], choosing whether each queue's thread is pinned to its CPU (the
+    /// measurement of what that locality is worth).
+    pub fn mount_with(mountpoint: &Path, transport: Transport, dev_threads: usize, pin_queues: bool) -> anyhow::Result<Probe> {
         let dev = Arc::new(fuse_dev::open_dev_fuse().context("opening /dev/fuse")?);
         fuse_dev::mount_fuse(std::os::fd::AsFd::as_fd(&*dev), "shalefs-probe", mountpoint)
             .with_context(|| format!("mounting the probe on {}", mountpoint.display()))?;
@@ -218,14 +224,14 @@ impl Probe {
             if !granted {
                 bail!("the kernel did not offer FUSE_OVER_IO_URING at INIT (is {} 1?)", uring::ENABLE_URING);
             }
-            probe.start_queues(&dev, &fs)?;
+            probe.start_queues(&dev, &fs, pin_queues)?;
         }
         Ok(probe)
     }
 
-    /// One thread per possible CPU, pinned to it, each with its queue's entries registered
+    /// One thread per possible CPU, pinned to it (unless `pin` is false), each with its queue's entries registered
     /// before this returns.
-    fn start_queues(&mut self, dev: &Arc<OwnedFd>, fs: &Arc<ProbeFs>) -> anyhow::Result<()> {
+    fn start_queues(&mut self, dev: &Arc<OwnedFd>, fs: &Arc<ProbeFs>, pin: bool) -> anyhow::Result<()> {
         let queues = uring::queue_count().context("counting the possible CPUs")?;
         let payload = uring::payload_len(MAX_WRITE, MAX_PAGES, page_size());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -234,7 +240,9 @@ impl Probe {
             self.threads.push(std::thread::spawn(move || {
                 // A CPU that is possible but offline cannot be pinned to; its queue still
                 // must exist.
-                let _ = sys::uring::pin_to_cpu(qid);
+                if pin {
+                    let _ = sys::uring::pin_to_cpu(qid);
+                }
                 let mut queue = match Queue::new(dev, qid as u16, ENTRIES_PER_QUEUE, payload) {
                     Ok(q) => q,
                     Err(e) => {
