@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use shalefs::fuse::probe::{Probe, Transport, Via, opcode_name};
+use shalefs::fuse::probe::{Placement, Probe, Transport, Via, opcode_name};
 use shalefs::fuse::uring::{EnableUring, kernel_has_uring};
 use shalefs::sys;
 
@@ -44,6 +44,12 @@ enum Cmd {
         /// queue's CPU otherwise), to see what that locality is worth.
         #[arg(long)]
         no_pin: bool,
+        /// Run the /dev/fuse readers on this CPU only.
+        #[arg(long)]
+        server_cpu: Option<usize>,
+        /// Run the client threads on this CPU only.
+        #[arg(long)]
+        client_cpu: Option<usize>,
         /// The name of this target in the output (default: the transport).
         #[arg(long)]
         label: Option<String>,
@@ -87,13 +93,14 @@ impl Op {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Probe { transport, mountpoint, iterations, threads, no_pin, label } => {
+        Cmd::Probe { transport, mountpoint, iterations, threads, no_pin, server_cpu, client_cpu, label } => {
             let transport = match transport {
                 Kind::Classic => Transport::Classic,
                 Kind::Ring => Transport::Ring,
             };
             let label = label.unwrap_or_else(|| transport.name().to_string());
-            probe(transport, !no_pin, &label, &mountpoint, iterations, &threads)
+            let place = Placement { dev_threads: 2, dev_cpu: server_cpu, pin_queues: !no_pin };
+            probe(transport, &place, client_cpu, &label, &mountpoint, iterations, &threads)
         }
         Cmd::Client { path, label, iterations, threads, stat } => {
             let ops: &[Op] = if stat { &[Op::Getxattr, Op::Stat] } else { &[Op::Getxattr] };
@@ -107,7 +114,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn probe(transport: Transport, pin: bool, label: &str, mountpoint: &Path, iterations: usize, threads: &[usize]) -> anyhow::Result<()> {
+fn probe(
+    transport: Transport,
+    place: &Placement,
+    client_cpu: Option<usize>,
+    label: &str,
+    mountpoint: &Path,
+    iterations: usize,
+    threads: &[usize],
+) -> anyhow::Result<()> {
     // The ring needs enable_uring on while the connection is set up; the guard puts the value
     // it found back on every path out of here.
     let _param = match transport {
@@ -115,7 +130,11 @@ fn probe(transport: Transport, pin: bool, label: &str, mountpoint: &Path, iterat
         Transport::Ring => Some(EnableUring::set(true).context("setting enable_uring")?),
         Transport::Classic => None,
     };
-    let probe = Probe::mount_with(mountpoint, transport, 2, pin)?;
+    let probe = Probe::mount_with(mountpoint, transport, place)?;
+    if let Some(cpu) = client_cpu {
+        // Client threads inherit the affinity of the thread that spawns them.
+        sys::uring::pin_to_cpu(cpu).context("pinning the client")?;
+    }
     let file = probe.file();
     for op in [Op::Getxattr, Op::Stat] {
         for &t in threads {

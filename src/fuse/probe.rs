@@ -186,6 +186,23 @@ fn file_attr() -> Attr {
     Attr { ino: FILE, size: 0, mode: libc::S_IFREG | 0o644, nlink: 1, uid: 0, gid: 0 }
 }
 
+/// Where the probe's server threads run.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    /// Readers of /dev/fuse (one is enough beside a ring).
+    pub dev_threads: usize,
+    /// Pin every /dev/fuse reader to this CPU.
+    pub dev_cpu: Option<usize>,
+    /// Pin each ring queue's thread to its queue's CPU, as libfuse does.
+    pub pin_queues: bool,
+}
+
+impl Default for Placement {
+    fn default() -> Placement {
+        Placement { dev_threads: 1, dev_cpu: None, pin_queues: true }
+    }
+}
+
 /// A mounted probe. Dropping it unmounts (lazily, if it must) so no test leaves it behind.
 pub struct Probe {
     mountpoint: PathBuf,
@@ -201,12 +218,13 @@ impl Probe {
     /// answered and, for the ring, every queue has its entries registered. Fails if the ring
     /// was asked for and the kernel did not offer it (enable_uring off, or a kernel < 6.14).
     pub fn mount(mountpoint: &Path, transport: Transport, dev_threads: usize) -> anyhow::Result<Probe> {
-        Probe::mount_with(mountpoint, transport, dev_threads, true)
+        Probe::mount_with(mountpoint, transport, &Placement { dev_threads, ..Placement::default() })
     }
 
-    /// [`Probe::mount`], choosing whether each queue's thread is pinned to its CPU (the
-    /// measurement of what that locality is worth).
-    pub fn mount_with(mountpoint: &Path, transport: Transport, dev_threads: usize, pin_queues: bool) -> anyhow::Result<Probe> {
+    /// [`Probe::mount`] with the server's threads placed as `place` says (the measurements of
+    /// what locality is worth).
+    pub fn mount_with(mountpoint: &Path, transport: Transport, place: &Placement) -> anyhow::Result<Probe> {
+        let (dev_threads, dev_cpu, pin_queues) = (place.dev_threads, place.dev_cpu, place.pin_queues);
         let dev = Arc::new(fuse_dev::open_dev_fuse().context("opening /dev/fuse")?);
         fuse_dev::mount_fuse(std::os::fd::AsFd::as_fd(&*dev), "shalefs-probe", mountpoint)
             .with_context(|| format!("mounting the probe on {}", mountpoint.display()))?;
@@ -217,7 +235,12 @@ impl Probe {
         for _ in 0..dev_threads.max(1) {
             let (dev, fs) = (dev.clone(), fs.clone());
             let buf_len = MAX_WRITE as usize + 4096;
-            probe.threads.push(std::thread::spawn(move || uring::serve_dev(&dev, buf_len, |r, b| fs.handle(Via::Dev, r, b))));
+            probe.threads.push(std::thread::spawn(move || {
+                if let Some(cpu) = dev_cpu {
+                    sys::uring::pin_to_cpu(cpu)?;
+                }
+                uring::serve_dev(&dev, buf_len, |r, b| fs.handle(Via::Dev, r, b))
+            }));
         }
         let granted = rx.recv_timeout(Duration::from_secs(10)).context("the kernel sent no FUSE_INIT")?;
         if transport == Transport::Ring {
