@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use shalefs::fuse::probe::{Probe, Transport, Via};
 use shalefs::fuse::uring::{EnableUring, kernel_has_uring, read_enable_uring};
-use shalefs::fuse::wire::{FUSE_GETATTR, FUSE_GETXATTR, FUSE_INIT};
+use shalefs::fuse::wire::{FUSE_BATCH_FORGET, FUSE_FORGET, FUSE_GETATTR, FUSE_GETXATTR, FUSE_INIT, FUSE_LOOKUP};
 use shalefs::sys;
 
 use crate::util::{TestDir, is_mounted};
@@ -30,6 +30,18 @@ fn exercise(probe: &Probe) {
         let m = std::fs::symlink_metadata(&file).expect("stat the probe's file");
         assert!(m.is_file() && m.len() == 0 && m.mode() & 0o777 == 0o644, "{m:?}");
     }
+    // Each stat of `fresh` finds a new inode; the kernel forgets the one before.
+    let mut inos = std::collections::BTreeSet::new();
+    for _ in 0..FRESH_LOOKS {
+        inos.insert(std::fs::symlink_metadata(probe.fresh()).expect("stat fresh").ino());
+    }
+    assert!(inos.len() as u64 >= FRESH_LOOKS, "a new inode at every look: {inos:?}");
+}
+
+const FRESH_LOOKS: u64 = 20;
+
+fn forgets(probe_counts: &shalefs::fuse::probe::Counts, via: Via) -> u64 {
+    probe_counts.get(via, FUSE_FORGET) + probe_counts.get(via, FUSE_BATCH_FORGET)
 }
 
 fn mount_and_exercise(mnt: &Path, transport: Transport) -> Probe {
@@ -39,8 +51,8 @@ fn mount_and_exercise(mnt: &Path, transport: Transport) -> Probe {
     probe
 }
 
-/// The ring is used when the kernel has it: every GETXATTR and GETATTR arrives on a queue,
-/// INIT on /dev/fuse; unmounting ends every queue cleanly and enable_uring is as it was.
+/// The ring is used when the kernel has it: every GETXATTR, GETATTR and LOOKUP arrives on a
+/// queue, INIT and the FORGETs on /dev/fuse; unmounting ends every queue cleanly and enable_uring is as it was.
 #[test]
 fn ring_transport_carries_every_request_when_the_kernel_has_it() {
     let _turn = PARAM.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,6 +76,10 @@ fn ring_transport_carries_every_request_when_the_kernel_has_it() {
         assert!(counts.get(Via::Ring, FUSE_GETATTR) >= ROUNDS, "{:?}", counts.table());
         assert_eq!(counts.get(Via::Dev, FUSE_GETXATTR), 0, "{:?}", counts.table());
         assert_eq!(counts.get(Via::Dev, FUSE_GETATTR), 0, "{:?}", counts.table());
+        assert!(counts.get(Via::Ring, FUSE_LOOKUP) >= FRESH_LOOKS, "{:?}", counts.table());
+        // FORGETs never come on the ring (fuse_io_uring_ops queue them on /dev/fuse).
+        assert!(forgets(&counts, Via::Dev) > 0, "{:?}", counts.table());
+        assert_eq!(forgets(&counts, Via::Ring), 0, "{:?}", counts.table());
     }
     assert_eq!(read_enable_uring().unwrap(), before, "enable_uring restored");
 }
@@ -85,4 +101,5 @@ fn with_enable_uring_off_the_ring_is_refused_and_dev_fuse_serves() {
     assert!(counts.get(Via::Dev, FUSE_GETXATTR) >= ROUNDS);
     assert!(counts.get(Via::Dev, FUSE_GETATTR) >= ROUNDS);
     assert_eq!(counts.get(Via::Ring, FUSE_GETXATTR) + counts.get(Via::Ring, FUSE_GETATTR), 0);
+    assert!(forgets(&counts, Via::Dev) > 0, "{:?}", counts.table());
 }

@@ -6,7 +6,8 @@
 //!
 //! Entries and the root's attributes are cached for an hour, `file`'s attributes not at all, so
 //! each `stat` of `file` is one GETATTR and each `lgetxattr` one GETXATTR (answered ENODATA,
-//! which the kernel never caches).
+//! which the kernel never caches). `fresh` is a new inode at every lookup, so looking at it
+//! makes the kernel send FORGETs.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,10 @@ const ENTRIES_PER_QUEUE: usize = 2;
 const ROOT: u64 = 1;
 const FILE: u64 = 2;
 pub const FILE_NAME: &str = "file";
+/// A name whose every LOOKUP finds a new inode, never cached: each look at it makes the kernel
+/// forget the inode it had, which shows where FORGETs arrive.
+pub const FRESH_NAME: &str = "fresh";
+const FIRST_FRESH: u64 = 1000;
 const OPCODES: usize = 64;
 
 /// Requests by opcode (opcodes ≥ 63 share the last slot) and by arrival path.
@@ -109,6 +114,7 @@ pub fn opcode_name(op: u32) -> String {
 struct ProbeFs {
     counts: Arc<Counts>,
     want_ring: bool,
+    next_fresh: AtomicU64,
     /// Told once, when INIT has been answered: whether the ring was granted.
     init_done: Mutex<Option<mpsc::Sender<bool>>>,
 }
@@ -123,6 +129,11 @@ impl ProbeFs {
                 wire::entry_out(body, &file_attr(), 3600, 0);
                 Reply::Data
             }
+            wire::FUSE_LOOKUP if h.nodeid == ROOT && req.name() == Some(FRESH_NAME.as_bytes()) => {
+                let ino = self.next_fresh.fetch_add(1, Ordering::Relaxed);
+                wire::entry_out(body, &Attr { ino, ..file_attr() }, 0, 0);
+                Reply::Data
+            }
             wire::FUSE_LOOKUP => Reply::Error(libc::ENOENT),
             wire::FUSE_GETATTR => match h.nodeid {
                 ROOT => {
@@ -133,6 +144,10 @@ impl ProbeFs {
                 }
                 FILE => {
                     wire::attr_out(body, &file_attr(), 0);
+                    Reply::Data
+                }
+                ino if ino >= FIRST_FRESH => {
+                    wire::attr_out(body, &Attr { ino, ..file_attr() }, 0);
                     Reply::Data
                 }
                 _ => Reply::Error(libc::ENOENT),
@@ -230,7 +245,9 @@ impl Probe {
             .with_context(|| format!("mounting the probe on {}", mountpoint.display()))?;
         let counts = Arc::new(Counts::new());
         let (tx, rx) = mpsc::channel();
-        let fs = Arc::new(ProbeFs { counts: counts.clone(), want_ring: transport == Transport::Ring, init_done: Mutex::new(Some(tx)) });
+        let fs = Arc::new(ProbeFs { counts: counts.clone(), want_ring: transport == Transport::Ring,
+            next_fresh: AtomicU64::new(FIRST_FRESH),
+            init_done: Mutex::new(Some(tx)) });
         let mut probe = Probe { mountpoint: mountpoint.to_path_buf(), transport, counts, threads: Vec::new(), mounted: true };
         for _ in 0..dev_threads.max(1) {
             let (dev, fs) = (dev.clone(), fs.clone());
@@ -300,6 +317,11 @@ impl Probe {
     /// The probe's file, whose GETATTR and GETXATTR the measurements loop on.
     pub fn file(&self) -> PathBuf {
         self.mountpoint.join(FILE_NAME)
+    }
+
+    /// The name that is a new inode at every look (see [`FRESH_NAME`]).
+    pub fn fresh(&self) -> PathBuf {
+        self.mountpoint.join(FRESH_NAME)
     }
 
     /// Unmounts and waits for every transport thread to end; their first error is the result.
