@@ -17,5 +17,6 @@ mod pull;
 mod save_load;
 mod push;
 mod run;
+mod transport;
 mod write_path;
 mod util;

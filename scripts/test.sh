@@ -11,4 +11,6 @@ fi
 # pjdfstest, the POSIX suite the mount tests run inside shalefs and kernel overlayfs.
 command -v pjdfstest >/dev/null || [ -x "$HOME/.cargo/bin/pjdfstest" ] || cargo install --quiet pjdfstest --version 0.2.2
 cargo test --release --lib
+# The transport probe scripts/bench-transport runs: it must keep building.
+cargo build --release --quiet --example fuse_transport_probe
 cargo test --release --test mount -- --test-threads "${SHALEFS_TEST_THREADS:-4}"

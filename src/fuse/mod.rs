@@ -3,8 +3,11 @@
 
 pub mod backing;
 pub mod nodeids;
+pub mod probe;
 pub mod reply;
 pub mod session;
+pub mod uring;
+pub mod wire;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

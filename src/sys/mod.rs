@@ -11,7 +11,9 @@ mod deep;
 pub use deep::{forget_deep_dirs, keep_deep_dirs};
 use deep::{Base, PATH_LIMIT, dir_changed, near};
 
+pub mod fuse_dev;
 pub mod process;
+pub mod uring;
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
@@ -257,6 +259,12 @@ pub fn lgetxattr(path: &CStr, name: &CStr) -> SysResult<Vec<u8>> {
     // SAFETY: `buf` is writable for `size` bytes (or null with size 0); both strings are
     // NUL-terminated.
     read_xattr_value(|buf, size| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf, size) })
+}
+
+/// One lgetxattr(2) into `buf`, nothing more (one FUSE request on a FUSE mount): its length.
+pub fn lgetxattr_once(path: &CStr, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is writable for its length; both strings are NUL-terminated.
+    check_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// List the xattr names of a file (NUL-separated) without following a final symlink.
