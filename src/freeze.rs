@@ -26,6 +26,11 @@ impl Gate {
     pub fn enter(&self) -> RwLockReadGuard<'_, ()> {
         self.lock.read().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Whether a commit holds the mount frozen now.
+    pub fn is_frozen(&self) -> bool {
+        matches!(self.lock.try_read(), Err(std::sync::TryLockError::WouldBlock))
+    }
 }
 
 /// The control socket of a mount whose upper and work directories are these.

@@ -34,7 +34,8 @@ pub struct MountArgs {
     /// Where the daemon logs (default: syslog; stderr with --foreground)
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// Worker threads serving requests
+    /// Threads for slow requests (copy-ups, file I/O the daemon serves, syncs); one more
+    /// answers the rest
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Serve file reads and writes in the daemon instead of FUSE passthrough (Linux ≥ 6.9,

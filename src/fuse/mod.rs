@@ -3,6 +3,7 @@
 
 pub mod backing;
 pub mod nodeids;
+pub mod offload;
 pub mod probe;
 pub mod reply;
 pub mod session;
@@ -12,6 +13,8 @@ pub mod wire;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fuser::{
@@ -27,8 +30,16 @@ use crate::union::attr::{SetAttr, SetTime};
 use crate::union::dir::{Caller, NewObject};
 use reply::{errno, file_attr, file_type};
 
-/// The filesystem a session serves.
+/// The filesystem a session serves. Its [`Core`] answers every request: the quick ones on the
+/// threads that read them, the slow ones on a pool (see [`offload`]).
 pub struct ShaleFs {
+    core: Arc<Core>,
+    pub(super) slow: offload::Pool,
+    /// Dropped with the filesystem when fuser's session ends, which wakes [`session::serve`].
+    session_end: Option<std::sync::mpsc::Sender<()>>,
+}
+
+pub struct Core {
     union: Union,
     /// How long the kernel may cache entries and attributes without asking again.
     ttl: Duration,
@@ -39,29 +50,59 @@ pub struct ShaleFs {
     ids: nodeids::NodeIds,
     /// The kernel can do without OPENDIR and RELEASEDIR (Linux ≥ 5.1): two round trips fewer
     /// per directory read, and it caches listings as if FOPEN_CACHE_DIR had been answered.
-    no_opendir: bool,
+    no_opendir: AtomicBool,
     /// Held by every changing request, so a commit can pause them (see [`crate::freeze`]).
-    gate: Option<crate::freeze::Gate>,
-    /// Dropped with the filesystem when fuser's session ends, which wakes [`session::serve`].
-    session_end: Option<std::sync::mpsc::Sender<()>>,
+    gate: OnceLock<crate::freeze::Gate>,
+}
+
+impl std::ops::Deref for ShaleFs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl ShaleFs {
     pub fn new(union: Union, ttl: Duration, want_passthrough: bool) -> ShaleFs {
-        ShaleFs { union, ttl, want_passthrough, backings: backing::Backings::default(), ids: nodeids::NodeIds::default(), no_opendir: false, gate: None, session_end: None }
+        let core = Core {
+            union,
+            ttl,
+            want_passthrough,
+            backings: backing::Backings::default(),
+            ids: nodeids::NodeIds::default(),
+            no_opendir: AtomicBool::new(false),
+            gate: OnceLock::new(),
+        };
+        ShaleFs { core: Arc::new(core), slow: offload::Pool::default(), session_end: None }
     }
 
     /// Let a commit pause this mount's changes. Writable handles are then served by the
     /// daemon (not passed through), so that every write passes the gate.
-    pub fn with_gate(mut self, gate: crate::freeze::Gate) -> ShaleFs {
-        self.gate = Some(gate);
-        self.backings.serve_writes(true);
+    pub fn with_gate(self, gate: crate::freeze::Gate) -> ShaleFs {
+        let _ = self.core.gate.set(gate);
+        self.core.backings.serve_writes(true);
         self
     }
 
+    /// Answer a changing request here, or on the pool while a commit holds the mount frozen:
+    /// there it waits for the thaw (passing the gate itself) while this thread goes on with
+    /// reads. A freeze that begins between the look and the gate holds this thread until the
+    /// thaw, as it held any thread before.
+    fn changing(&self, answer: impl FnOnce(&Core) + Send + 'static) {
+        if self.gate.get().is_some_and(|g| g.is_frozen()) { self.slowly(answer) } else { answer(self) }
+    }
+
+    /// Answer on the pool: a request that may take as long as the disk.
+    fn slowly(&self, answer: impl FnOnce(&Core) + Send + 'static) {
+        let core = self.core.clone();
+        self.slow.run(move || answer(&core));
+    }
+}
+
+impl Core {
     /// Wait while a commit holds the mount frozen; held for one changing request.
     fn enter(&self) -> Option<std::sync::RwLockReadGuard<'_, ()>> {
-        self.gate.as_ref().map(|g| g.enter())
+        self.gate.get().map(|g| g.enter())
     }
 
     /// How to answer an open or a create of handle `fh` of union inode `ino` on kernel node
@@ -164,7 +205,7 @@ impl Filesystem for ShaleFs {
             | InitFlags::FUSE_POSIX_ACL;
         // Each flag the kernel lacks is only a lost optimisation.
         let supported = wanted & config.capabilities();
-        self.no_opendir = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir.store(config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT), Ordering::Relaxed);
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_readahead(1 << 20);
         // Passthrough to files on an ordinary filesystem: stack depth 1 (so this mount can in
@@ -206,18 +247,15 @@ impl Filesystem for ShaleFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // A writable open copies up: a change like any other.
-        let _gate = crate::union::file::wants_write(flags.0).then(|| self.enter());
-        let union_ino = self.ids.union(ino.0);
-        match self.union.open(union_ino, flags.0) {
-            Ok(fh) => match self.open_answer(_req.pid(), ino.0, union_ino, fh, |fd| reply.open_backing(fd)) {
-                Ok((Some(id), flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
-                Ok((None, flags)) => reply.opened(FileHandle(fh), flags),
-                Err(e) => reply.error(errno(e)),
-            },
-            Err(e) => reply.error(errno(e)),
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (pid, union_ino) = (req.pid(), self.ids.union(ino.0));
+        if crate::union::file::wants_write(flags.0) && self.union.needs_copy_up(union_ino) {
+            return self.slowly(move |core| core.open_file(pid, ino.0, union_ino, flags.0, reply));
         }
+        if crate::union::file::wants_write(flags.0) {
+            return self.changing(move |core| core.open_file(pid, ino.0, union_ino, flags.0, reply));
+        }
+        self.open_file(pid, ino.0, union_ino, flags.0, reply)
     }
 
     fn read(
@@ -231,10 +269,10 @@ impl Filesystem for ShaleFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
+        self.slowly(move |core| match core.union.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: fuser::LockOwner, reply: ReplyEmpty) {
@@ -259,7 +297,7 @@ impl Filesystem for ShaleFs {
     /// Directories need no handle (listings are snapshots named by their offsets): a kernel that
     /// can skip OPENDIR is told so by ENOSYS, once; an older one gets handle 0.
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_opendir {
+        if self.no_opendir.load(Ordering::Relaxed) {
             return reply.error(errno(crate::sys::Errno(libc::ENOSYS)));
         }
         reply.opened(FileHandle(0), self.opendir_flags());
@@ -346,7 +384,11 @@ impl Filesystem for ShaleFs {
     /// FUSE over /dev/fuse gets no DESTROY (only fuseblk does); this runs when the kernel
     /// ended the session (ENODEV on the device) and every worker has stopped.
     fn destroy(&mut self) {
-        self.union.release_all();
+        self.slow.stop();
+        match Arc::get_mut(&mut self.core) {
+            Some(core) => core.union.release_all(),
+            None => tracing::warn!("files of the mount stay open until its last request is answered"),
+        }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -385,54 +427,69 @@ impl Filesystem for ShaleFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _gate = self.enter();
-        let union_ino = self.ids.union(ino.0);
-        // A truncate by name of a file whose inode passes through to its lower copy changes data
-        // that inode cannot show: sent back to come again on a new inode, as an open is.
-        if size.is_some() && fh.is_none() && self.backings.passes_through_lower(ino.0) && self.ids.send_back(ino.0, union_ino, _req.pid()) {
-            return reply.error(errno(crate::sys::Errno(libc::ESTALE)));
-        }
+        let (pid, union_ino) = (_req.pid(), self.ids.union(ino.0));
         let change = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time) };
-        match self.union.setattr(union_ino, change, fh.map(|f| f.0)) {
-            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
-            Err(e) => reply.error(errno(e)),
+        let fh = fh.map(|f| f.0);
+        // A copy-up, or a truncate (which may free many blocks), can take a while.
+        if size.is_some() || self.union.needs_copy_up(union_ino) {
+            return self.slowly(move |core| core.set_attr(pid, ino.0, union_ino, change, fh, reply));
         }
+        self.changing(move |core| core.set_attr(pid, ino.0, union_ino, change, fh, reply))
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _gate = self.enter();
-        let obj = match mode & libc::S_IFMT {
-            libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
-            _ => NewObject::Node { mode, rdev: rdev as u64 },
-        };
-        self.reply_entry(self.union.create_object(self.ids.union(parent.0), name.as_bytes(), obj, caller(req))    , reply);
+        let (parent, name, caller) = (self.ids.union(parent.0), name.as_bytes().to_vec(), caller(req));
+        self.changing(move |core| {
+            let _gate = core.enter();
+            let obj = match mode & libc::S_IFMT {
+                libc::S_IFREG | 0 => NewObject::File { mode: mode & 0o7777 },
+                _ => NewObject::Node { mode, rdev: rdev as u64 },
+            };
+            core.reply_entry(core.union.create_object(parent, &name, obj, caller), reply);
+        });
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let _gate = self.enter();
-        let obj = NewObject::Dir { mode };
-        self.reply_entry(self.union.create_object(self.ids.union(parent.0), name.as_bytes(), obj, caller(req))    , reply);
+        let (parent, name, caller) = (self.ids.union(parent.0), name.as_bytes().to_vec(), caller(req));
+        self.changing(move |core| {
+            let _gate = core.enter();
+            core.reply_entry(core.union.create_object(parent, &name, NewObject::Dir { mode }, caller), reply);
+        });
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _gate = self.enter();
-        let obj = NewObject::Symlink { target: target.as_os_str().as_bytes() };
-        self.reply_entry(self.union.create_object(self.ids.union(parent.0), link_name.as_bytes(), obj, caller(req))    , reply);
+        let (parent, name, caller) = (self.ids.union(parent.0), link_name.as_bytes().to_vec(), caller(req));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.changing(move |core| {
+            let _gate = core.enter();
+            core.reply_entry(core.union.create_object(parent, &name, NewObject::Symlink { target: &target }, caller), reply);
+        });
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _gate = self.enter();
-        self.reply_entry(self.union.link(self.ids.union(ino.0), self.ids.union(newparent.0), newname.as_bytes()), reply);
+        let (ino, newparent, newname) = (self.ids.union(ino.0), self.ids.union(newparent.0), newname.as_bytes().to_vec());
+        let link = move |core: &Core| {
+            let _gate = core.enter();
+            core.reply_entry(core.union.link(ino, newparent, &newname), reply);
+        };
+        // Linking a lower file copies it up first.
+        if self.union.needs_copy_up(ino) { self.slowly(link) } else { self.changing(link) }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _gate = self.enter();
-        reply_empty(self.union.unlink(self.ids.union(parent.0), name.as_bytes()), reply);
+        let (parent, name) = (self.ids.union(parent.0), name.as_bytes().to_vec());
+        self.changing(move |core| {
+            let _gate = core.enter();
+            reply_empty(core.union.unlink(parent, &name), reply);
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _gate = self.enter();
-        reply_empty(self.union.rmdir(self.ids.union(parent.0), name.as_bytes()), reply);
+        let (parent, name) = (self.ids.union(parent.0), name.as_bytes().to_vec());
+        self.changing(move |core| {
+            let _gate = core.enter();
+            reply_empty(core.union.rmdir(parent, &name), reply);
+        });
     }
 
     fn rename(
@@ -445,29 +502,17 @@ impl Filesystem for ShaleFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _gate = self.enter();
-        let r = self.union.rename(self.ids.union(parent.0), name.as_bytes(), self.ids.union(newparent.0), newname.as_bytes(), flags.bits());
-        reply_empty(r, reply);
+        // A lower file renamed is copied up first.
+        let (parent, name, newparent, newname) = (self.ids.union(parent.0), name.as_bytes().to_vec(), self.ids.union(newparent.0), newname.as_bytes().to_vec());
+        self.slowly(move |core| {
+            let _gate = core.enter();
+            reply_empty(core.union.rename(parent, &name, newparent, &newname, flags.bits()), reply);
+        });
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
-        let _gate = self.enter();
-        match self.union.create(self.ids.union(parent.0), name.as_bytes(), mode, flags, caller(req)) {
-            Ok((e, fh)) => {
-                let (alias, generation) = (self.ids.entry(e.stat.st_ino), Generation(e.generation));
-                let (attr, ttl) = self.entry_attr(&e.stat, alias);
-                match self.open_answer(req.pid(), attr.ino.0, e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
-                    Ok((Some(id), flags)) => reply.created_passthrough(&ttl, &attr, generation, FileHandle(fh), flags, &id),
-                    Ok((None, flags)) => reply.created(&ttl, &attr, generation, FileHandle(fh), flags),
-                    Err(err) => {
-                        // No entry reaches the kernel: give back the reference it would have held.
-                        self.union.forget(e.stat.st_ino, 1);
-                        reply.error(errno(err));
-                    }
-                }
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        let (pid, parent, name, caller) = (req.pid(), self.ids.union(parent.0), name.as_bytes().to_vec(), caller(req));
+        self.changing(move |core| core.create_file(pid, parent, &name, (mode, flags), caller, reply));
     }
 
     fn write(
@@ -482,11 +527,14 @@ impl Filesystem for ShaleFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _gate = self.enter();
-        match self.union.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        let data = data.to_vec();
+        self.slowly(move |core| {
+            let _gate = core.enter();
+            match core.union.write(fh.0, offset, &data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     /// No ioctl is served: the answer a regular file gives to a terminal ioctl (programs such as
@@ -507,26 +555,37 @@ impl Filesystem for ShaleFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply_empty(self.union.fsync(fh.0, datasync), reply);
+        self.slowly(move |core| reply_empty(core.union.fsync(fh.0, datasync), reply));
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply_empty(self.union.fsyncdir(self.ids.union(ino.0), datasync), reply);
+        let ino = self.ids.union(ino.0);
+        self.slowly(move |core| reply_empty(core.union.fsyncdir(ino, datasync), reply));
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let _gate = self.enter();
-        reply_empty(self.union.setxattr(self.ids.union(ino.0), name.as_bytes(), value, flags), reply);
+        let (ino, name, value) = (self.ids.union(ino.0), name.as_bytes().to_vec(), value.to_vec());
+        let set = move |core: &Core| {
+            let _gate = core.enter();
+            reply_empty(core.union.setxattr(ino, &name, &value, flags), reply);
+        };
+        if self.union.needs_copy_up(ino) { self.slowly(set) } else { self.changing(set) }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _gate = self.enter();
-        reply_empty(self.union.removexattr(self.ids.union(ino.0), name.as_bytes()), reply);
+        let (ino, name) = (self.ids.union(ino.0), name.as_bytes().to_vec());
+        let remove = move |core: &Core| {
+            let _gate = core.enter();
+            reply_empty(core.union.removexattr(ino, &name), reply);
+        };
+        if self.union.needs_copy_up(ino) { self.slowly(remove) } else { self.changing(remove) }
     }
 
     fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        let _gate = self.enter();
-        reply_empty(self.union.fallocate(fh.0, offset, length, mode), reply);
+        self.slowly(move |core| {
+            let _gate = core.enter();
+            reply_empty(core.union.fallocate(fh.0, offset, length, mode), reply);
+        });
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -549,15 +608,67 @@ impl Filesystem for ShaleFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _gate = self.enter();
-        match self.union.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.slowly(move |core| {
+            let _gate = core.enter();
+            match core.union.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 }
 
-impl ShaleFs {
+impl Core {
+    /// OPEN of kernel node `nodeid` (union inode `ino`) by process `pid`.
+    fn open_file(&self, pid: u32, nodeid: u64, ino: u64, flags: i32, reply: ReplyOpen) {
+        // A writable open copies up: a change like any other.
+        let _gate = crate::union::file::wants_write(flags).then(|| self.enter());
+        match self.union.open(ino, flags) {
+            Ok(fh) => match self.open_answer(pid, nodeid, ino, fh, |fd| reply.open_backing(fd)) {
+                Ok((Some(id), flags)) => reply.opened_passthrough(FileHandle(fh), flags, &id),
+                Ok((None, flags)) => reply.opened(FileHandle(fh), flags),
+                Err(e) => reply.error(errno(e)),
+            },
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// CREATE of `name` in union directory `parent`, with `(mode, open flags)`, by process
+    /// `pid`.
+    fn create_file(&self, pid: u32, parent: u64, name: &[u8], (mode, flags): (u32, i32), caller: Caller, reply: ReplyCreate) {
+        let _gate = self.enter();
+        match self.union.create(parent, name, mode, flags, caller) {
+            Ok((e, fh)) => {
+                let (alias, generation) = (self.ids.entry(e.stat.st_ino), Generation(e.generation));
+                let (attr, ttl) = self.entry_attr(&e.stat, alias);
+                match self.open_answer(pid, attr.ino.0, e.stat.st_ino, fh, |fd| reply.open_backing(fd)) {
+                    Ok((Some(id), flags)) => reply.created_passthrough(&ttl, &attr, generation, FileHandle(fh), flags, &id),
+                    Ok((None, flags)) => reply.created(&ttl, &attr, generation, FileHandle(fh), flags),
+                    Err(err) => {
+                        // No entry reaches the kernel: give back the reference it would have held.
+                        self.union.forget(e.stat.st_ino, 1);
+                        reply.error(errno(err));
+                    }
+                }
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// SETATTR of kernel node `nodeid` (union inode `ino`) by process `pid`.
+    fn set_attr(&self, pid: u32, nodeid: u64, ino: u64, change: SetAttr, fh: Option<u64>, reply: ReplyAttr) {
+        let _gate = self.enter();
+        // A truncate by name of a file whose inode passes through to its lower copy changes data
+        // that inode cannot show: sent back to come again on a new inode, as an open is.
+        if change.size.is_some() && fh.is_none() && self.backings.passes_through_lower(nodeid) && self.ids.send_back(nodeid, ino, pid) {
+            return reply.error(errno(crate::sys::Errno(libc::ESTALE)));
+        }
+        match self.union.setattr(ino, change, fh) {
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn reply_entry(&self, r: crate::sys::SysResult<Entry>, reply: ReplyEntry) {
         match r {
             Ok(e) => {

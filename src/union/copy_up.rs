@@ -172,6 +172,16 @@ impl Union {
     }
 
     /// Copy a node up, as far as `need` asks, if it is not in the upper that far yet.
+    /// Whether a change to `ino` would copy it up first, or a write its data (a metacopy file):
+    /// a request that may take as long as copying the file. Directories copy up no data.
+    pub fn needs_copy_up(&self, ino: u64) -> bool {
+        let Ok(node) = self.nodes.get(ino) else { return false };
+        if node.is_dir() {
+            return false;
+        }
+        self.stack.upper().is_some() && (node.is_metacopy() || !self.is_upper(&node.state().branches))
+    }
+
     pub(super) fn copy_up_node(&self, node: &Node, need: CopyUp) -> SysResult<()> {
         let _locked = node.copy_up.lock().unwrap_or_else(|p| p.into_inner());
         let state = node.state();
