@@ -578,6 +578,20 @@ mod labels {
         assert_eq!(selinux(&u, "etc/mid"), Ok(LABEL.to_vec()));
     }
 
+    /// A rename in the upper overlapping every attempt at its scan leaves the answers as
+    /// stored (a moved tree may have slipped past the walk); one before the scan does not.
+    #[test]
+    fn renames_during_the_upper_scan_keep_the_answers_as_stored() {
+        let l = stack();
+        let u = l.union_with_upper();
+        let renaming = u.labels().renaming();
+        assert_eq!(scan(&u), LabelState::Unknown);
+        assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENODATA));
+        drop(renaming);
+        u.rename(ROOT_INO, b"up", ROOT_INO, b"moved", 0).expect("rename");
+        assert_eq!(scan(&u), LabelState::Unlabelled);
+    }
+
     #[test]
     fn a_scan_of_a_mount_gone_settles_nothing() {
         let l = stack();
