@@ -11,7 +11,8 @@
 //! the value). A program that was told ENOTSUP and stopped asking can so never miss a label.
 //!
 //! The scan ([`LabelScan::run`]) runs in the background once the mount is live, on duplicates
-//! of the layers' root fds (deep paths reached through `sys` as for the mount's own). Lowers
+//! of the layers' root fds (deep paths reached through `sys` as for the mount's own), and
+//! ends soon after the mount goes ([`Labels::stop`], from `Union::release_all`). Lowers
 //! from the store never change, so their results are kept through a [`ScanCache`] (the mount
 //! plan backs it by the store) and each is scanned once; other lowers and the upper are
 //! scanned at each mount. A rename in the upper while it is scanned (the only change that
@@ -166,9 +167,6 @@ pub fn scan_layer(layer: &Layer, stopped: impl Fn() -> bool) -> Scan {
     }
     let mut dirs = vec![b".".to_vec()];
     while let Some(dir) = dirs.pop() {
-        if stopped() {
-            return Scan::Stopped;
-        }
         let entries = match layer.read_dir(&dir) {
             Ok(entries) => entries,
             // Removed or replaced since its parent was read (the upper changes under a scan).
@@ -176,6 +174,10 @@ pub fn scan_layer(layer: &Layer, stopped: impl Fn() -> bool) -> Scan {
             Err(e) => return Scan::Incomplete(dir, e),
         };
         for (name, kind, _) in entries {
+            // Checked per object, so the layers are let go of soon after the mount goes.
+            if stopped() {
+                return Scan::Stopped;
+            }
             let rel = join(&dir, &name);
             count += 1;
             match carries_label(layer, &rel) {
