@@ -7,6 +7,7 @@ mod cli;
 mod commit;
 mod deep_paths;
 mod differential;
+mod labels;
 mod lifecycle;
 mod merged_view;
 mod metacopy;

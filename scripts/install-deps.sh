@@ -8,8 +8,9 @@
 #   xfsprogs       xfs_io, whose shutdown cuts the power on the power-cut test's ext4
 #   podman, buildah, runc, uidmap  the mount-program tests (containers/storage calling shalefs, rootful and
 #                  rootless) and podman load/run of saved archives
+#   rsync          rsync -aX out of a mount, compared with kernel overlayfs (labels tests)
 set -euo pipefail
-packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl xfsprogs podman buildah runc uidmap)
+packages=(fuse3 busybox-static attr fuse-overlayfs util-linux coreutils findutils docker-registry umoci skopeo python3 zstd gzip tar apache2-utils openssl acl xfsprogs podman buildah runc uidmap rsync)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,9 +32,14 @@ pub struct ShaleMount {
 impl ShaleMount {
     /// `shalefs mount -f ARGS MNT`, waiting until the mount is live.
     pub fn foreground(args: &[OsString], mnt: &Path) -> Result<ShaleMount, String> {
+        let level = std::env::var("SHALEFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        Self::foreground_logging(args, mnt, &level)
+    }
+
+    /// As [`Self::foreground`], logging at `level` (`debug` logs every FUSE request).
+    pub fn foreground_logging(args: &[OsString], mnt: &Path, level: &str) -> Result<ShaleMount, String> {
         let log = mnt.with_extension("log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let level = std::env::var("SHALEFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "info".into());
         let child = Command::new(shalefs_bin())
             .arg("mount")
             .arg("-f")

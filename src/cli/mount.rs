@@ -76,6 +76,7 @@ struct Source {
     lowers: Vec<PathBuf>,
     upper: Option<(PathBuf, PathBuf)>,
     fsname: Option<String>,
+    label_records: std::collections::HashMap<PathBuf, PathBuf>,
 }
 
 /// Set by the parent for the daemon when the parent made the container for `mount IMAGE`.
@@ -148,7 +149,7 @@ fn resolve_source(args: &MountArgs, root: Option<&Path>, created: Option<&str>) 
         anyhow::bail!("container {name} is in use by `shalefs run`");
     }
     let c = container_layers(&store, name)?;
-    Ok(Source { lowers: c.lowers, upper: Some((c.upper, c.work)), fsname: Some(c.fsname) })
+    Ok(Source { lowers: c.lowers, upper: Some((c.upper, c.work)), fsname: Some(c.fsname), label_records: c.label_records })
 }
 
 fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
@@ -176,6 +177,7 @@ fn plan(args: &MountArgs, source: Source) -> anyhow::Result<MountPlan> {
         userxattr: opts.userxattr,
         volatile: opts.volatile,
         ids: opts.ids,
+        label_records: source.label_records,
     }
     .check()
 }

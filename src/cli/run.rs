@@ -148,7 +148,7 @@ fn run_in(store: &Store, name: &str, config: &ExecConfig, overrides: &Overrides,
         lowers.push(init_dir);
     }
     lowers.extend(c.lowers);
-    let mount = MountSpec { lowers, upper: Some(c.upper), work: Some(c.work), mountpoint: rootfs.clone(), fsname: Some(c.fsname), ..Default::default() }.check()?;
+    let mount = MountSpec { lowers, upper: Some(c.upper), work: Some(c.work), mountpoint: rootfs.clone(), fsname: Some(c.fsname), label_records: c.label_records, ..Default::default() }.check()?;
     let process = spec::process(config, overrides, |k| std::env::var(k).ok())?;
     let init = InitSpec { process, root: rootfs, hostname: overrides.hostname.clone(), read_only: args.read_only, tty: args.tty, window: args.tty.then(crate::run::pty::host_window).flatten() };
     // Before any thread starts: every thread of this process shares the private namespace.

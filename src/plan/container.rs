@@ -17,6 +17,8 @@ pub struct ContainerLayers {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub fsname: String,
+    /// Each lower → where its label scan is kept (see `MountSpec::label_records`).
+    pub label_records: std::collections::HashMap<PathBuf, PathBuf>,
 }
 
 /// The layers of a container (top first), its upper and work, and its mount source name.
@@ -29,8 +31,11 @@ pub fn container_layers(store: &Store, name: &str) -> anyhow::Result<ContainerLa
         }
         Ok(dir)
     });
+    let lowers: Vec<PathBuf> = lowers.collect::<anyhow::Result<_>>()?;
+    let label_records = c.layers.iter().map(|d| (store.layer_dir(d), store.layer_labels_path(d))).collect();
     Ok(ContainerLayers {
-        lowers: lowers.collect::<anyhow::Result<_>>()?,
+        lowers,
+        label_records,
         upper: store.container_upper(name),
         work: store.container_work(name),
         fsname: fsname_of(name),

@@ -13,14 +13,18 @@
 //! - [`build`]: the union from a plan (upper format probe, work directory);
 //! - [`serve`]: the FUSE mount and its serving loop;
 //! - [`daemon`]: serving from a detached child, readiness reported over a pipe;
-//! - [`container`]: the layers, upper and mount name of a container in the store.
+//! - [`container`]: the layers, upper and mount name of a container in the store;
+//! - [`labels`]: the background scan of the layers for SELinux labels, its results kept in
+//!   the store for store layers.
 
 pub mod build;
 pub mod container;
 pub mod daemon;
+pub mod labels;
 pub mod options;
 pub mod serve;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::fuse::session::{self, MountFlags};
@@ -48,6 +52,9 @@ pub struct MountSpec {
     pub volatile: bool,
     /// Owners shifted between disk and kernel (identity by default).
     pub ids: IdMapping,
+    /// Lowers that are store layers (which never change) → the file that keeps each one's
+    /// label scan, so it is scanned once (see `union::labels`).
+    pub label_records: HashMap<PathBuf, PathBuf>,
 }
 
 /// A checked mount: every path exists and has the right kind; nothing later sees raw flags.
@@ -64,6 +71,7 @@ pub struct MountPlan {
     pub userxattr: bool,
     pub volatile: bool,
     pub ids: IdMapping,
+    pub label_records: HashMap<PathBuf, PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +115,7 @@ impl MountSpec {
             userxattr: self.userxattr,
             volatile: self.volatile,
             ids: self.ids,
+            label_records: self.label_records,
         })
     }
 }

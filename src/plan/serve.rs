@@ -20,6 +20,8 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
     // a second time.
     sys::set_umask(0);
     let union = super::build::build_union(plan)?;
+    // Taken before the union goes to the session; run once the mount is live.
+    let label_scan = union.label_scan().map_err(|e| tracing::warn!("no label scan (security.selinux is answered as stored): {e}")).ok();
     let mut fs = ShaleFs::new(union, cache_ttl(plan), plan.passthrough);
     // A store container can be committed while mounted: its changes pass a gate a commit
     // may close (`commit --pause`), asked for over a socket in its work directory.
@@ -35,6 +37,9 @@ pub fn mount(plan: &MountPlan) -> anyhow::Result<Mounted> {
         flags: plan.flags.clone(),
     };
     let session = session::mount(fs, &opts)?;
+    if let Some(scan) = label_scan {
+        super::labels::start(scan, plan.label_records.clone());
+    }
     // Without it the mount still works; `commit --pause` then refuses a mounted container.
     if let Some(path) = &control
         && let Err(e) = crate::freeze::serve(path, gate)

@@ -42,6 +42,7 @@ pub fn build(dir: &Path, lowers: &[PathBuf]) -> anyhow::Result<bool> {
         userxattr: false,
         volatile: false,
         ids: Default::default(),
+        label_records: Default::default(),
     };
     let union = build::build_union(&plan)?;
     if dir.exists() {

@@ -11,6 +11,8 @@
 //!                           (archive::tarsplit); written by the unpack, made visible with it
 //! layers/<diffid-hex>.stash/  content of entries a later entry of the same tar replaced
 //!                           (rare; only the record reads it)
+//! layers/<diffid-hex>.labels.json  whether the layer carries SELinux labels, written by the
+//!                           first mount's scan (`union::labels`; layers never change)
 //! images/<config-hex>.json  one image: its manifest digest, layers (bottom first), platform
 //! repositories.json         tags and digests of each repository → image id
 //! containers/<name>/        a mounted image's own upper/ and work/, and container.json;
@@ -158,6 +160,11 @@ impl Store {
         self.root.join("layers").join(format!("{}.stash", diff_id.hex()))
     }
 
+    /// Where the label scan of a layer is kept (see [`read_layer_labels`]).
+    pub fn layer_labels_path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(format!("{}.labels.json", diff_id.hex()))
+    }
+
     /// Make a verified, unpacked layer visible: its records first (the JSON, the tar record
     /// and stash when the unpack kept them), then the directory, by rename.
     pub fn commit_layer(&self, unpacked: &Path, info: &LayerInfo) -> anyhow::Result<()> {
@@ -200,6 +207,7 @@ impl Store {
         }
         let _ = std::fs::remove_file(self.root.join("layers").join(format!("{}.json", diff_id.hex())));
         let _ = std::fs::remove_file(self.layer_record_path(diff_id));
+        let _ = std::fs::remove_file(self.layer_labels_path(diff_id));
         remove_tree(&self.layer_stash_path(diff_id))?;
         Ok(())
     }
@@ -241,6 +249,25 @@ impl Store {
     pub fn partial_path(&self, blob: &Digest) -> PathBuf {
         self.tmp_dir().join(format!("{}.partial", blob.hex()))
     }
+}
+
+/// What a scan of a layer found of SELinux labels (`layers/<diffid-hex>.labels.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LayerLabels {
+    /// Some object of the layer carries `security.selinux`.
+    selinux: bool,
+}
+
+/// The kept label scan of a layer: whether it carries labels; `None` when never scanned (or
+/// the record is unreadable, which only costs a scan).
+pub fn read_layer_labels(path: &Path) -> Option<bool> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<LayerLabels>(&bytes).ok().map(|l| l.selinux)
+}
+
+/// Keep a layer's label scan, atomically.
+pub fn write_layer_labels(path: &Path, selinux: bool) -> anyhow::Result<()> {
+    write_atomic(path, &serde_json::to_vec(&LayerLabels { selinux })?)
 }
 
 /// Write a file so that readers see the old content or the new, never a torn one.

@@ -452,6 +452,7 @@ impl Union {
         for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && !is_private_xattr(n)) {
             let cname = sys::cstring(name)?;
             let Ok(value) = sys::lgetxattr(&from, &cname) else { continue };
+            self.labels.note_set(name);
             match sys::lsetxattr(&to, &cname, &value) {
                 Ok(()) => {}
                 // Some namespaces cannot be set on some objects (user.* on a symlink) or by us.

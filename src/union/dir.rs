@@ -369,6 +369,8 @@ impl Union {
             return Err(Errno::EINVAL);
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        // A scan of the upper for labels that this rename overlaps starts again.
+        let _renaming = self.labels.renaming();
         let (_, ps) = self.dir_node(parent)?;
         let (npnode, nps) = self.dir_node(newparent)?;
         let src = self.find(&ps.path, &ps.branches, name)?.ok_or(Errno::ENOENT)?;

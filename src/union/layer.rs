@@ -87,6 +87,14 @@ impl Layer {
         self.root.as_fd()
     }
 
+    /// Another handle on this layer (a duplicate of its root fd, with deep directories kept
+    /// for it alone), for a walk in another thread.
+    pub fn duplicate(&self) -> SysResult<Layer> {
+        let root = self.root.try_clone()?;
+        sys::keep_deep_dirs(root.as_fd());
+        Ok(Layer { path: self.path.clone(), root, dev: self.dev, role: self.role, formats: self.formats, oci_dirs: Default::default() })
+    }
+
     pub fn stat(&self, rel: &CStr) -> SysResult<libc::stat> {
         sys::fstatat(self.fd(), rel)
     }

@@ -8,6 +8,7 @@
 //! - [`readdir`] — merged directory listings (readdir.c)
 //! - [`attr`] — attributes (inode.c)
 //! - [`xattr`] — extended attributes, with the overlay's own hidden
+//! - [`labels`] — whether any layer carries SELinux labels, found by a background scan
 //! - [`file`] — open files and reads (file.c)
 //! - [`copy_up`] — copy-up, whole or metadata only (copy_up.c)
 //! - [`dir`] — directory operations (dir.c)
@@ -23,6 +24,7 @@ pub mod dir;
 pub mod file;
 pub mod idmap;
 pub mod ino;
+pub mod labels;
 pub mod layer;
 pub mod lookup;
 pub mod node;
@@ -75,6 +77,8 @@ pub struct Union {
     durability: copy_up::Durability,
     /// How owners on disk show through the mount, and back (identity unless asked).
     ids: idmap::IdMapping,
+    /// Whether the merged view carries `security.selinux` labels at all.
+    labels: Arc<labels::Labels>,
 }
 
 impl Union {
@@ -91,6 +95,7 @@ impl Union {
             metacopy: false,
             durability: copy_up::Durability::Synced,
             ids: idmap::IdMapping::default(),
+            labels: Arc::default(),
         };
         let mut union = union;
         if let Some(upper) = union.stack.upper() {
@@ -109,6 +114,7 @@ impl Union {
     /// The mount is gone: close every file and layer now, before the slower teardown (dropping
     /// the node tables), so the layers' filesystems are free the moment the daemon says so.
     pub fn release_all(&mut self) {
+        self.labels.stop();
         self.files = HandleTable::default();
         self.snapshots = Snapshots::default();
         self.stack.release();
@@ -127,6 +133,24 @@ impl Union {
     /// Shift owners between disk and kernel (before the mount serves requests).
     pub fn set_id_mapping(&mut self, ids: idmap::IdMapping) {
         self.ids = ids;
+    }
+
+    /// A scan of this mount's layers for SELinux labels, to run in a thread of its own once
+    /// the mount is live (see [`labels`]).
+    pub fn label_scan(&self) -> SysResult<labels::LabelScan> {
+        let mut lowers = Vec::new();
+        let mut upper = None;
+        for layer in self.stack.iter() {
+            match layer.role {
+                layer::Role::Upper => upper = Some(layer.duplicate()?),
+                _ => lowers.push(layer.duplicate()?),
+            }
+        }
+        Ok(labels::LabelScan::new(self.labels.clone(), lowers, upper))
+    }
+
+    pub fn labels(&self) -> &labels::Labels {
+        &self.labels
     }
 
     pub fn stack(&self) -> &LayerStack {

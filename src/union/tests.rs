@@ -411,3 +411,194 @@ fn rename_writes_the_redirect_as_the_next_layer_down_spells_it() {
     let u = l.union_with_upper();
     assert_eq!(read(&u, "x/f"), "moved twice");
 }
+
+// ---- SELinux labels: ENOTSUP for security.selinux only once no layer carries one ----
+
+mod labels {
+    use std::collections::HashMap;
+    use std::os::fd::AsFd;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use super::super::labels::{LabelState, NoCache, ScanCache};
+    use super::*;
+
+    const LABEL: &[u8] = b"system_u:object_r:etc_t:s0";
+
+    fn selinux(u: &Union, path: &str) -> Result<Vec<u8>, sys::Errno> {
+        u.getxattr(resolve(u, path), b"security.selinux")
+    }
+
+    fn scan(u: &Union) -> LabelState {
+        u.label_scan().expect("scan").run(&NoCache)
+    }
+
+    /// Kept results given up front; what the scan asks to keep, recorded.
+    #[derive(Default)]
+    struct Kept {
+        known: HashMap<PathBuf, bool>,
+        remembered: Mutex<Vec<(PathBuf, bool)>>,
+    }
+
+    impl ScanCache for Kept {
+        fn known(&self, layer: &std::path::Path) -> Option<bool> {
+            self.known.get(layer).copied()
+        }
+        fn remember(&self, layer: &std::path::Path, labelled: bool) {
+            self.remembered.lock().unwrap().push((layer.to_path_buf(), labelled));
+        }
+    }
+
+    fn stack() -> Layers {
+        let l = Layers::new(3);
+        l.file(0, "up/new", "u").file(1, "etc/mid", "m").file(2, "etc/passwd", "root").dir(2, "var/empty");
+        l.xattr(2, "etc/passwd", "user.keep", b"v");
+        l
+    }
+
+    #[test]
+    fn an_unlabelled_stack_answers_enotsup_for_selinux_once_scanned() {
+        let l = stack();
+        let u = l.union_with_upper();
+        // Until the scan says so: as stored.
+        assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENODATA));
+        assert_eq!(scan(&u), LabelState::Unlabelled);
+        for path in ["etc/passwd", "etc/mid", "up/new", "var/empty", "etc"] {
+            assert_eq!(selinux(&u, path), Err(sys::Errno::ENOTSUP), "{path}");
+        }
+        assert_eq!(u.getxattr(ROOT_INO, b"security.selinux"), Err(sys::Errno::ENOTSUP));
+        // Every other name is still asked of the layers, and the lists are unchanged.
+        let passwd = resolve(&u, "etc/passwd");
+        assert_eq!(u.getxattr(passwd, b"user.keep"), Ok(b"v".to_vec()));
+        assert_eq!(u.getxattr(passwd, b"security.capability"), Err(sys::Errno::ENODATA));
+        assert_eq!(u.listxattr(passwd), Ok(b"user.keep\0".to_vec()));
+    }
+
+    #[test]
+    fn a_label_in_any_layer_keeps_every_answer_as_stored() {
+        for layer in 0..3 {
+            let l = stack();
+            l.file(layer, "deep/er/labelled", "x").xattr(layer, "deep/er/labelled", "security.selinux", LABEL);
+            let u = l.union_with_upper();
+            assert_eq!(scan(&u), LabelState::Labelled, "label in layer {layer}");
+            assert_eq!(selinux(&u, "deep/er/labelled"), Ok(LABEL.to_vec()));
+            assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENODATA));
+        }
+        // A label on a layer's root directory counts too.
+        let l = stack();
+        l.xattr(2, ".", "security.selinux", LABEL);
+        assert_eq!(scan(&l.union()), LabelState::Labelled);
+    }
+
+    /// A label below PATH_MAX's reach is found (the walk goes through `sys`' deep paths), and
+    /// a deep tree without one scans clean, not "unreadable".
+    #[test]
+    fn a_label_deeper_than_path_max_is_found() {
+        for labelled in [false, true] {
+            let l = stack();
+            let root = sys::open_dir(&l.roots[2]).expect("open");
+            let comp = vec![b'd'; 250];
+            let mut path = Vec::new();
+            for _ in 0..20 {
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&comp);
+                sys::mkdirat(root.as_fd(), &sys::cstring(&path).unwrap(), 0o755).expect("mkdir deep");
+            }
+            let file = sys::cstring(&[path.as_slice(), b"/f"].concat()).unwrap();
+            assert!(file.to_bytes().len() > libc::PATH_MAX as usize);
+            drop(sys::open_beneath_mode(root.as_fd(), &file, libc::O_CREAT | libc::O_WRONLY, 0o644).expect("create deep"));
+            if labelled {
+                let p = sys::fd_relative_path(root.as_fd(), file.to_bytes()).expect("proc path");
+                sys::lsetxattr(&p, c"security.selinux", LABEL).expect("label deep (needs root)");
+            }
+            let expected = if labelled { LabelState::Labelled } else { LabelState::Unlabelled };
+            assert_eq!(scan(&l.union_with_upper()), expected);
+        }
+    }
+
+    #[test]
+    fn a_label_set_through_the_mount_after_the_scan_turns_enotsup_off_for_good() {
+        let l = stack();
+        let u = l.union_with_upper();
+        assert_eq!(scan(&u), LabelState::Unlabelled);
+        let passwd = resolve(&u, "etc/passwd");
+        u.setxattr(passwd, b"security.selinux", LABEL, 0).expect("setxattr (copies up)");
+        assert_eq!(selinux(&u, "etc/passwd"), Ok(LABEL.to_vec()));
+        assert_eq!(selinux(&u, "etc/mid"), Err(sys::Errno::ENODATA));
+        // Removing it again does not bring ENOTSUP back.
+        u.removexattr(passwd, b"security.selinux").expect("removexattr");
+        assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENODATA));
+        // Nor does another scan.
+        assert_eq!(scan(&u), LabelState::Labelled);
+        assert_eq!(selinux(&u, "etc/mid"), Err(sys::Errno::ENODATA));
+    }
+
+    #[test]
+    fn other_xattrs_set_through_the_mount_change_nothing() {
+        let l = stack();
+        let u = l.union_with_upper();
+        u.setxattr(resolve(&u, "etc/passwd"), b"user.other", b"1", 0).expect("setxattr");
+        assert_eq!(scan(&u), LabelState::Unlabelled);
+        assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENOTSUP));
+    }
+
+    #[test]
+    fn kept_results_spare_the_scan_and_new_ones_are_kept() {
+        let l = stack();
+        // Layer 1 carries a label, but its kept result says clean: it is not scanned again.
+        l.xattr(1, "etc/mid", "security.selinux", LABEL);
+        let kept = Kept { known: [(l.roots[1].clone(), false)].into(), ..Default::default() };
+        assert_eq!(l.union_with_upper().label_scan().unwrap().run(&kept), LabelState::Unlabelled);
+        // The other lower was scanned and its result kept; the upper never is (it changes).
+        assert_eq!(*kept.remembered.lock().unwrap(), vec![(l.roots[2].clone(), false)]);
+        // A kept "labelled" settles at once, scanning nothing.
+        let kept = Kept { known: [(l.roots[1].clone(), true)].into(), ..Default::default() };
+        assert_eq!(l.union_with_upper().label_scan().unwrap().run(&kept), LabelState::Labelled);
+        assert!(kept.remembered.lock().unwrap().is_empty());
+        // A labelled layer scanned is kept as labelled.
+        let kept = Kept::default();
+        assert_eq!(l.union_with_upper().label_scan().unwrap().run(&kept), LabelState::Labelled);
+        assert_eq!(*kept.remembered.lock().unwrap(), vec![(l.roots[1].clone(), true)]);
+    }
+
+    /// A copy-up carrying a label into the upper turns ENOTSUP off, whatever a scan says.
+    #[test]
+    fn a_copy_up_carrying_a_label_turns_enotsup_off() {
+        let l = stack();
+        l.xattr(1, "etc/mid", "security.selinux", LABEL);
+        let u = l.union_with_upper();
+        let mid = resolve(&u, "etc/mid");
+        u.setxattr(mid, b"user.touch", b"1", 0).expect("setxattr (copies up)");
+        assert_eq!(u.labels().state(), LabelState::Labelled);
+        // Even a kept result that (wrongly) calls every lower clean cannot settle ENOTSUP.
+        let kept = Kept { known: [(l.roots[1].clone(), false), (l.roots[2].clone(), false)].into(), ..Default::default() };
+        assert_eq!(u.label_scan().unwrap().run(&kept), LabelState::Labelled);
+        assert_eq!(selinux(&u, "etc/mid"), Ok(LABEL.to_vec()));
+    }
+
+    /// A rename in the upper overlapping every attempt at its scan leaves the answers as
+    /// stored (a moved tree may have slipped past the walk); one before the scan does not.
+    #[test]
+    fn renames_during_the_upper_scan_keep_the_answers_as_stored() {
+        let l = stack();
+        let u = l.union_with_upper();
+        let renaming = u.labels().renaming();
+        assert_eq!(scan(&u), LabelState::Unknown);
+        assert_eq!(selinux(&u, "etc/passwd"), Err(sys::Errno::ENODATA));
+        drop(renaming);
+        u.rename(ROOT_INO, b"up", ROOT_INO, b"moved", 0).expect("rename");
+        assert_eq!(scan(&u), LabelState::Unlabelled);
+    }
+
+    #[test]
+    fn a_scan_of_a_mount_gone_settles_nothing() {
+        let l = stack();
+        let mut u = l.union_with_upper();
+        let scan = u.label_scan().expect("scan");
+        u.release_all();
+        assert_eq!(scan.run(&NoCache), LabelState::Unknown);
+        assert_eq!(u.labels().state(), LabelState::Unknown);
+    }
+}

@@ -1,5 +1,6 @@
 //! Extended attributes of merged-view objects: those of the top branch, minus the overlay's own
-//! (`trusted.overlay.*`, `user.overlay.*`), which are format, not data.
+//! (`trusted.overlay.*`, `user.overlay.*`), which are format, not data. `security.selinux` of a
+//! view known to carry no label is ENOTSUP (see [`super::labels`]).
 
 use crate::sys::{self, Errno, SysResult};
 
@@ -12,6 +13,9 @@ impl Union {
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> SysResult<Vec<u8>> {
         if is_private_xattr(name) {
             return Err(Errno::ENODATA);
+        }
+        if let Some(e) = self.labels.short_answer(name) {
+            return Err(e);
         }
         let node = self.nodes.get(ino)?;
         let top = node.top()?;
@@ -41,6 +45,7 @@ impl Union {
             value
         };
         let node = self.nodes.get(ino)?;
+        self.labels.note_set(name);
         self.copy_up_node(&node, CopyUp::Metadata)?;
         sys::lsetxattr_flags(&self.top_path(ino)?, &sys::cstring(name)?, value, flags)
     }

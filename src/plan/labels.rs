@@ -1,0 +1,39 @@
+//! The label scan of a mount (`union::labels`), started once the mount is live: in a thread
+//! of its own, so mounting stays instant, with the results of store layers kept in the store
+//! (`layers/<diffid-hex>.labels.json`), as those never change.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::store;
+use crate::union::labels::{LabelScan, ScanCache};
+
+/// Label scans kept beside the store's layer records.
+struct StoreRecords {
+    /// Layer directory → its record file.
+    records: HashMap<PathBuf, PathBuf>,
+}
+
+impl ScanCache for StoreRecords {
+    fn known(&self, layer: &Path) -> Option<bool> {
+        store::read_layer_labels(self.records.get(layer)?)
+    }
+
+    fn remember(&self, layer: &Path, labelled: bool) {
+        let Some(record) = self.records.get(layer) else { return };
+        // Without the record the next mount scans again: nothing is lost but time.
+        if let Err(e) = store::write_layer_labels(record, labelled) {
+            tracing::debug!("labels: not kept for {}: {e:#}", layer.display());
+        }
+    }
+}
+
+/// Scan in the background; the mount answers as stored until the scan says otherwise.
+pub fn start(scan: LabelScan, records: HashMap<PathBuf, PathBuf>) {
+    let started = std::thread::Builder::new().name("label-scan".into()).spawn(move || {
+        scan.run(&StoreRecords { records });
+    });
+    if let Err(e) = started {
+        tracing::warn!("no label scan (security.selinux is answered as stored): {e}");
+    }
+}
