@@ -31,6 +31,9 @@ impl ScanCache for StoreRecords {
 /// Scan in the background; the mount answers as stored until the scan says otherwise.
 pub fn start(scan: LabelScan, records: HashMap<PathBuf, PathBuf>) {
     let started = std::thread::Builder::new().name("label-scan".into()).spawn(move || {
+        // Reading every layer's inodes must not slow what the mount is used for meanwhile
+        // (measured: a cold 1 GiB read beside the scan took 1.13 s instead of 0.61).
+        crate::sys::make_thread_background();
         scan.run(&StoreRecords { records });
     });
     if let Err(e) = started {

@@ -707,6 +707,20 @@ pub fn pread_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize, offset: i
     Ok(n)
 }
 
+/// Make the calling thread background work: it runs only on a CPU nothing else wants
+/// (SCHED_IDLE) and its disk reads wait behind everyone else's (the idle I/O class, which
+/// mq-deadline and BFQ honour). Either refusal only leaves it at normal priority.
+pub fn make_thread_background() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: u32 = 13;
+    // SAFETY: ioprio_set takes three integers; who 0 is the calling thread.
+    let _ = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0 as libc::c_long, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
