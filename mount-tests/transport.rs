@@ -72,7 +72,7 @@ fn ring_transport_carries_every_request_when_the_kernel_has_it() {
         // The kernel sends the FORGETs of the evicted inodes when it gets to them: wait for
         // them (a few ms; under load longer) before the counts are taken at unmount.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while forgets(&probe.counts(), Via::Dev) == 0 && std::time::Instant::now() < deadline {
+        while forgets(probe.counts(), Via::Dev) == 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let counts = probe.unmount().expect("unmount the ring probe; every queue ends");

@@ -28,6 +28,10 @@ impl ScanCache for StoreRecords {
     }
 }
 
+/// Scans of this process still running: [`finish`] waits for them before the process ends, so
+/// that none is cut off while it writes its record.
+static RUNNING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
 /// Scan in the background; the mount answers as stored until the scan says otherwise.
 pub fn start(scan: LabelScan, records: HashMap<PathBuf, PathBuf>) {
     let started = std::thread::Builder::new().name("label-scan".into()).spawn(move || {
@@ -36,7 +40,17 @@ pub fn start(scan: LabelScan, records: HashMap<PathBuf, PathBuf>) {
         crate::sys::make_thread_background();
         scan.run(&StoreRecords { records });
     });
-    if let Err(e) = started {
-        tracing::warn!("no label scan (security.selinux is answered as stored): {e}");
+    match started {
+        Ok(handle) => RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(handle),
+        Err(e) => tracing::warn!("no label scan (security.selinux is answered as stored): {e}"),
+    }
+}
+
+/// The mount is gone: wait for its scan, which stops at the next object it reads (a record it
+/// is writing is finished first, never left half-made in the store).
+pub fn finish() {
+    let running = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner()));
+    for scan in running {
+        let _ = scan.join();
     }
 }

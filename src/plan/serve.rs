@@ -61,5 +61,7 @@ pub fn mount_and_serve(plan: &MountPlan, on_live: impl FnOnce()) -> anyhow::Resu
     let stop = session::catch_stop_signals()?;
     let session = mount(plan)?;
     on_live();
-    serve(session, plan, stop)
+    let served = serve(session, plan, stop);
+    super::labels::finish();
+    served
 }

@@ -73,6 +73,7 @@ pub fn run(plan: RunPlan) -> anyhow::Result<Outcome> {
     let bg = serve::mount(&plan.mount)?.spawn().context("starting the FUSE session")?;
     let outcome = run_mounted(&plan.init, plan.interactive);
     finish_session(bg);
+    crate::plan::labels::finish();
     outcome
 }
 
