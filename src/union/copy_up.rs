@@ -102,7 +102,11 @@ fn kind_of(st: &libc::stat) -> u32 {
 impl Union {
     /// Whether the top branch of `branches` is in the upper (or is an orphan in the work dir).
     pub(super) fn is_upper(&self, branches: &[Branch]) -> bool {
-        branches.first().is_some_and(|b| b.layer == WORK_LAYER || (b.layer == 0 && self.stack.upper().is_some()))
+        branches.first().is_some_and(|b| self.is_upper_layer(b.layer))
+    }
+
+    fn is_upper_layer(&self, layer: u16) -> bool {
+        layer == WORK_LAYER || (layer == 0 && self.stack.upper().is_some())
     }
 
     /// Walk the merged view from the root to `path`.
@@ -179,7 +183,7 @@ impl Union {
         if node.is_dir() {
             return false;
         }
-        self.stack.upper().is_some() && (node.is_metacopy() || !self.is_upper(&node.state().branches))
+        self.stack.upper().is_some() && (node.is_metacopy() || !node.top_layer().is_some_and(|l| self.is_upper_layer(l)))
     }
 
     pub(super) fn copy_up_node(&self, node: &Node, need: CopyUp) -> SysResult<()> {

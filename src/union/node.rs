@@ -107,6 +107,11 @@ impl Node {
         self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().cloned().ok_or(Errno::ENOENT)
     }
 
+    /// The layer of the topmost branch, none once the object was removed.
+    pub fn top_layer(&self) -> Option<u16> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).branches.first().map(|b| b.layer)
+    }
+
     /// The layer a regular file's data is read from: its top branch, or for a metacopy file
     /// the lowest branch, which holds the data.
     pub fn data_layer(&self) -> Option<u16> {

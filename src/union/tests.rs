@@ -602,3 +602,21 @@ mod labels {
         assert_eq!(u.labels().state(), LabelState::Unknown);
     }
 }
+
+/// What the FUSE glue hands to its pool: a change that copies a file up (or, for a metacopy
+/// file, its data) first; a file already up, a directory and a read-only stack need none.
+#[test]
+fn needs_copy_up_says_which_changes_copy_a_file_up_first() {
+    let l = Layers::new(2);
+    l.file(1, "f", "lower data").file(1, "g", "g").dir(1, "d");
+    let mut u = l.union_with_upper();
+    assert!(u.needs_copy_up(resolve(&u, "f")));
+    assert!(!u.needs_copy_up(resolve(&u, "d")), "a directory copies up no data");
+    chmod(&u, "f", 0o600);
+    assert!(!u.needs_copy_up(resolve(&u, "f")), "copied up");
+    u.set_metacopy(true);
+    chmod(&u, "g", 0o600);
+    assert!(u.needs_copy_up(resolve(&u, "g")), "a metacopy file's data is still below");
+    let ro = l.union();
+    assert!(!ro.needs_copy_up(resolve(&ro, "f")), "a read-only stack copies nothing up");
+}
