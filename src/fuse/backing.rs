@@ -136,14 +136,14 @@ impl Backings {
     /// file, when it cannot move to a new inode: the same backing id, with every read and write
     /// sent to this daemon (FOPEN_DIRECT_IO; the kernel accepts no other form). Only for a
     /// read-only handle: this handle's mmap would map the other copy.
-    pub fn open_beside(&self, ino: u64, fh: u64) -> Option<Reply> {
+    pub fn open_beside(&self, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
         let mut inodes = self.inodes.lock().ok()?;
         let Some(Slot::Passthrough { id, opens, .. }) = inodes.get_mut(&ino) else { return None };
         *opens += 1;
-        let reply = Reply::Passthrough(id.clone(), FopenFlags::FOPEN_DIRECT_IO);
+        let id = id.clone();
         drop(inodes);
         self.handles.lock().ok()?.insert(fh, ino);
-        Some(reply)
+        Some(id)
     }
 
     /// Whether handles of inode `ino` pass through to a lower layer's copy of its file.

@@ -129,9 +129,9 @@ impl Core {
             backing::Reply::Moved => {
                 let send_back = self.ids.send_back(nodeid, ino, pid);
                 if !send_back && !open.writable
-                    && let Some(backing::Reply::Passthrough(id, extra)) = self.backings.open_beside(nodeid, fh)
+                    && let Some(id) = self.backings.open_beside(nodeid, fh)
                 {
-                    return Ok((Some(id), Self::passthrough_flags() | extra));
+                    return Ok((Some(id), Self::passthrough_flags() | FopenFlags::FOPEN_DIRECT_IO));
                 }
                 drop(open);
                 self.union.release(fh);
@@ -249,13 +249,13 @@ impl Filesystem for ShaleFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (pid, union_ino) = (req.pid(), self.ids.union(ino.0));
-        if crate::union::file::wants_write(flags.0) && self.union.needs_copy_up(union_ino) {
-            return self.slowly(move |core| core.open_file(pid, ino.0, union_ino, flags.0, reply));
+        let open = move |core: &Core| core.open_file(pid, ino.0, union_ino, flags.0, reply);
+        match crate::union::file::wants_write(flags.0) {
+            // A writable open copies up first: a change, and maybe a long one.
+            true if self.union.needs_copy_up(union_ino) => self.slowly(open),
+            true => self.changing(open),
+            false => open(self),
         }
-        if crate::union::file::wants_write(flags.0) {
-            return self.changing(move |core| core.open_file(pid, ino.0, union_ino, flags.0, reply));
-        }
-        self.open_file(pid, ino.0, union_ino, flags.0, reply)
     }
 
     fn read(
